@@ -1,0 +1,317 @@
+"""Symbolic proofs of every fact the library claims about a gauge.
+
+:func:`prove` runs the checks below on a gauge's reference instance and returns a
+:class:`Certificate`. A check passes only if its residual is exactly ``0`` (see
+:mod:`gaugemath.exact`); a failing check keeps its residual, which the certificate prints.
+
+Checks (``g`` a generic group element in a rational parametrisation, ``θ`` symbolic):
+
+action       ``e·θ = θ`` and ``g₁·(g₂·θ) = (g₁g₂)·θ``
+invariance   ``outputs(g·θ) = outputs(θ)`` (for every component of the group)
+orthogonal   ``⟨∇ outputs, X_a(θ)⟩ = 0`` for each generator (exact forward-mode jets)
+brackets     generator fields close: ``[X_a, X_b] = Σ f_ab^c X_c`` and ``f = -c`` (left action)
+metric       ``D(g)ᵀ G(g·θ) D(g) = G(θ)``
+projector    ``P_V² = P_V``, ``G P_V`` symmetric, ``P_V X = X``, ``D(g) P_V(θ) = P_V(g·θ) D(g)``
+frame        ``h(g·θ) = h(θ) g⁻¹`` and ``h(g·θ)·(g·θ) = h(θ)·θ``
+charges      ``∇Q_c = 2 X_c``; ``⟨∇Q_c, ∇ outputs⟩ = 0`` (conserved by gradient flow);
+             exact heavy-ball + weight-decay recursions for ``J = ⟨v, X_c⟩`` and ``Q_c``
+
+For a :class:`~gaugemath.gauge.ComposedGauge` the frame is checked through invariance of the
+canonical point under group elements applied in both orders, and the metric/projector
+identities by exact rational arithmetic at seeded random rational points (Γ is a dense
+``k×k`` matrix there, whose symbolic inverse is out of reach).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .errors import ProofError
+from .exact import matrix_residual, residual
+from .gauge import ComposedGauge, Gauge, GaugeBase, Params
+from .stages import ActedStage, FirstOrderStage, LookupStage
+
+
+@dataclass
+class Check:
+    """One symbolic identity and its residual (``0`` means proved)."""
+
+    kind: str
+    statement: str
+    residual: sp.Expr | sp.Matrix
+    expect_zero: bool = True
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        zero = _is_zero(self.residual)
+        return zero if self.expect_zero else not zero
+
+
+def _is_zero(r) -> bool:
+    if isinstance(r, sp.MatrixBase):
+        return all(e == 0 for e in r)
+    return r == 0
+
+
+@dataclass
+class Certificate:
+    """The checks run on one construction of a gauge, with what was derived."""
+
+    gauge: GaugeBase
+    variant: str
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def raise_on_failure(self) -> None:
+        for c in self.failures():
+            raise ProofError(self.gauge.name, c.statement, _short(c.residual, 2000))
+
+
+def _short(e, limit: int = 300) -> str:
+    s = sp.sstr(e)
+    return s if len(s) <= limit else s[:limit] + f" … ({len(s)} chars)"
+
+
+# ------------------------------------------------------------------------------ helpers
+def _forward(gauge: GaugeBase, params: Params, stage) -> sp.Matrix:
+    return sp.Matrix(gauge.model.forward(params, gauge.model.inputs, stage))
+
+
+def _jet(gauge: GaugeBase, direction: sp.Matrix, stage: FirstOrderStage) -> sp.Matrix:
+    """``d/dε outputs(θ + ε·direction)`` at ``ε = 0``, exactly."""
+    eps = stage.eps
+    moved = gauge.unflatten([t + eps * d for t, d in zip(gauge.coordinates, direction)])
+    out = _forward(gauge, moved, stage)
+    return out.applyfunc(lambda e: residual(sp.diff(e, eps).subs(eps, 0)))
+
+
+def _difference(a: sp.Matrix, b: sp.Matrix) -> sp.Matrix:
+    return matrix_residual(a - b)
+
+
+# ------------------------------------------------------------------------------- checks
+def _check_action(gauge: Gauge) -> list[Check]:
+    g1, _ = gauge.generic_element("a")
+    g2, _ = gauge.generic_element("b")
+    th = gauge.blocks
+    ident = _difference(gauge.flatten(gauge.act(gauge.group.identity, th)), gauge.flatten(th))
+    lhs = gauge.act(g1, gauge.act(g2, th))
+    rhs = gauge.act(gauge.compose(g1, g2), th)
+    return [Check("action", "identity acts trivially: e·θ = θ", ident),
+            Check("action", "left action: g₁·(g₂·θ) = (g₁g₂)·θ", _difference(gauge.flatten(lhs), gauge.flatten(rhs)))]
+
+
+def _moved(gauge: GaugeBase) -> list[tuple[str, Params, set]]:
+    """``(label, g·θ, group symbols)`` for a generic element of every component."""
+    g, kinds = gauge.generic_element("g")
+    out = [("generic g", gauge.act(g, gauge.blocks), set(kinds))]
+    if isinstance(gauge, Gauge):
+        for i, c in enumerate(gauge.group.components):
+            label = f"component {i + 1}: s·g, s = {sp.sstr(list(c.diagonal()))}"
+            out.append((label, gauge.act(gauge.compose(c, g), gauge.blocks), set(kinds)))
+    else:
+        out.append(("factors applied in reverse order", gauge.act_reversed(g, gauge.blocks), set(kinds)))
+    return out
+
+
+def _check_invariance(gauge: GaugeBase) -> list[Check]:
+    checks = []
+    for label, moved_params, symbols in _moved(gauge):
+        acted = ActedStage(symbols)
+        moved = _forward(gauge, moved_params, acted)
+        base = _forward(gauge, gauge.blocks, LookupStage(acted))
+        checks.append(Check("invariance", f"loss invariant, {label}: outputs(g·θ) = outputs(θ)", _difference(moved, base)))
+    return checks
+
+
+def _check_orthogonality(gauge: GaugeBase) -> list[Check]:
+    eps = sp.Symbol("varepsilon")
+    checks = []
+    for a, lab in enumerate(gauge.labels):
+        stage = FirstOrderStage(eps)
+        checks.append(Check("orthogonal", f"⟨∇L, X_{lab}⟩ = 0", _jet(gauge, gauge.generators[:, a], stage)))
+    return checks
+
+
+def _check_brackets(gauge: GaugeBase) -> list[Check]:
+    fb = gauge.field_brackets  # raises GaugeError if the fields do not close
+    nonzero = {k: v for k, v in fb.items() if any(v)}
+    detail = ", ".join(
+        f"[X_{gauge.labels[a]}, X_{gauge.labels[b]}] = "
+        + " + ".join(f"{c}·X_{gauge.labels[i]}" for i, c in enumerate(v) if c != 0)
+        for (a, b), v in nonzero.items()
+    ) or "all brackets vanish (abelian)"
+    checks = [Check("brackets", "generator fields close under the Lie bracket", sp.S.Zero, detail=detail)]
+    if isinstance(gauge, Gauge):
+        sc = gauge.group.structure_constants()
+        diff = sp.Matrix([fb[k][i] + sc[k][i] for k in fb for i in range(gauge.dim)]) if fb else sp.zeros(1, 1)
+        checks.append(Check("brackets", "ξ ↦ X_ξ is an anti-homomorphism: [X_a, X_b] = -X_[ξa,ξb]", diff))
+    return checks
+
+
+def _check_metric_projectors(gauge: Gauge) -> list[Check]:
+    g, _ = gauge.generic_element("g")
+    th = gauge.blocks
+    moved = gauge.act(g, th)
+    d = gauge.linear_part(g)
+    gm, gm_moved = gauge.metric_at(th), gauge.metric_at(moved)
+    x = gauge.generators
+    p, p_moved = gauge.vertical_projector_at(th), gauge.vertical_projector_at(moved)
+    return [
+        Check("metric", "metric is G-invariant: D(g)ᵀ G(g·θ) D(g) = G(θ)", _difference(d.T * gm_moved * d, gm)),
+        Check("projector", "P_V is idempotent: P_V² = P_V", _difference(p * p, p)),
+        Check("projector", "P_V is ρ-orthogonal: G P_V = (G P_V)ᵀ", _difference(gm * p, (gm * p).T)),
+        Check("projector", "P_V fixes the orbit tangent: P_V X = X", _difference(p * x, x)),
+        Check("projector", "P_V is equivariant: D(g) P_V(θ) = P_V(g·θ) D(g)", _difference(d * p, p_moved * d)),
+    ]
+
+
+def _check_frame(gauge: Gauge) -> list[Check]:
+    g, _ = gauge.generic_element("g")
+    th = gauge.blocks
+    moved = gauge.act(g, th)
+    h, h_moved = gauge.frame(th), gauge.frame(moved)
+    canon, canon_moved = gauge.canonical(th), gauge.canonical(moved)
+    return [
+        Check("frame", "frame is equivariant: h(g·θ) = h(θ) g⁻¹", _difference(h_moved, h * gauge.group.inverse(g))),
+        Check("frame", "canonical point is invariant: h(g·θ)·(g·θ) = h(θ)·θ",
+              _difference(gauge.flatten(canon_moved), gauge.flatten(canon))),
+    ]
+
+
+def _rational_point(gauge: GaugeBase, rng: random.Random) -> dict[sp.Symbol, sp.Rational]:
+    return {s: sp.Rational(rng.randint(-9, 9) or 1, rng.randint(1, 5)) for s in gauge.coordinates}
+
+
+def _check_composed_frame_metric(gauge: ComposedGauge, points: int = 2, seed: int = 0) -> list[Check]:
+    g, kinds = gauge.generic_element("g")
+    th = gauge.blocks
+    canon = gauge.flatten(gauge.canonical(th))
+    canon_fwd = gauge.flatten(gauge.canonical(gauge.act(g, th)))
+    canon_rev = gauge.flatten(gauge.canonical(gauge.act_reversed(g, th)))
+    checks = [
+        Check("frame", "canonical point invariant under g = g_m⋯g_1: h(g·θ)·(g·θ) = h(θ)·θ", _difference(canon_fwd, canon)),
+        Check("frame", "canonical point invariant under g = g_1⋯g_m", _difference(canon_rev, canon)),
+    ]
+    rng = random.Random(seed)
+    metric_sym = gauge.metric_at(th)
+    res_metric, res_idem, res_sym, res_fix, res_eq = [], [], [], [], []
+    for _ in range(points):
+        pt = _rational_point(gauge, rng)
+        gval = {s: (sp.Rational(rng.randint(1, 9), rng.randint(1, 9)) if k == "positive"
+                    else sp.Rational(rng.randint(-9, 9), rng.randint(1, 9))) for s, k in kinds.items()}
+        gnum = tuple(e.subs(gval) for e in g)
+        theta = gauge.unflatten([pt[s] for s in gauge.coordinates])
+        moved = gauge.act(gnum, theta)
+        d = gauge.linear_part(gnum)
+        gm = metric_sym.subs(pt)
+        gm_moved = metric_sym.subs(dict(zip(gauge.coordinates, gauge.flatten(moved))))
+        x, x_moved = gauge.generators.subs(pt), gauge.generators_at(moved)
+        p = x * (x.T * gm * x).inv() * x.T * gm
+        p_moved = x_moved * (x_moved.T * gm_moved * x_moved).inv() * x_moved.T * gm_moved
+        res_metric.append(d.T * gm_moved * d - gm)
+        res_idem.append(p * p - p)
+        res_sym.append(gm * p - (gm * p).T)
+        res_fix.append(p * x - x)
+        res_eq.append(d * p - p_moved * d)
+    stack = lambda ms: matrix_residual(sp.Matrix.vstack(*ms))  # noqa: E731
+    where = f" (exact, {points} seeded random rational points and group elements)"
+    return checks + [
+        Check("metric", "metric is G-invariant: D(g)ᵀ G(g·θ) D(g) = G(θ)" + where, stack(res_metric)),
+        Check("projector", "P_V is idempotent" + where, stack(res_idem)),
+        Check("projector", "P_V is ρ-orthogonal: G P_V symmetric" + where, stack(res_sym)),
+        Check("projector", "P_V fixes the orbit tangent: P_V X = X" + where, stack(res_fix)),
+        Check("projector", "P_V is equivariant: D(g) P_V(θ) = P_V(g·θ) D(g)" + where, stack(res_eq)),
+    ]
+
+
+def _check_charges(gauge: GaugeBase) -> list[Check]:
+    theta = sp.Matrix(gauge.coordinates)
+    n = len(theta)
+    eps = sp.Symbol("varepsilon")
+    gvec = sp.Matrix(sp.symbols(f"g_0:{n}", real=True))
+    vvec = sp.Matrix(sp.symbols(f"v_0:{n}", real=True))
+    eta, k, beta = sp.symbols("eta k beta", real=True)
+    checks = []
+    for c in gauge.charges:
+        xc = c.M * theta + c.b
+        grad = sp.Matrix([sp.diff(c.expr, s) for s in theta])
+        checks.append(Check("charge", f"∇Q = 2 X_c for Q[{c.label}]", (grad - 2 * xc).applyfunc(sp.expand)))
+        stage = FirstOrderStage(eps)
+        checks.append(Check("charge", f"Q[{c.label}] conserved by gradient flow: ⟨∇Q, ∇L⟩ = 0",
+                            _jet(gauge, grad, stage)))
+        # heavy-ball with coupled weight decay: v' = βv - η(g + kθ), θ' = θ + v'; constraint ⟨g, X_c(θ)⟩ = 0
+        v_new = beta * vvec - eta * (gvec + k * theta)
+        th_new = theta + v_new
+        xc_new = c.M * th_new + c.b
+        j, j_new = (vvec.T * xc)[0], (v_new.T * xc_new)[0]
+        q_new = (th_new.T * c.M * th_new)[0] + 2 * (c.b.T * th_new)[0]
+        constraint = (gvec.T * xc)[0]
+        drive = beta * j - eta * k * (theta.T * xc)[0]
+        kinetic = (v_new.T * c.M * v_new)[0]
+        checks.append(Check("charge", f"J' = βJ - ηk⟨θ, X_c⟩ + v'ᵀM_c v' (mod ⟨g, X_c⟩ = 0) for Q[{c.label}]",
+                            sp.expand(j_new - (drive + kinetic) + eta * constraint)))
+        checks.append(Check("charge", f"Q' = Q + 2(βJ - ηk⟨θ, X_c⟩) + v'ᵀM_c v' (mod ⟨g, X_c⟩ = 0) for Q[{c.label}]",
+                            sp.expand(q_new - (c.expr + 2 * drive + kinetic) + 2 * eta * constraint)))
+    if not gauge.charges:
+        checks.append(Check("charge", "no generator combination is symmetric: no quadratic/linear charges", sp.S.Zero,
+                            detail="skew generators give only the flow constraint ⟨θ̇, X_a(θ)⟩ = 0"))
+    return checks
+
+
+def _check_extras(gauge: GaugeBase) -> list[Check]:
+    """Gauge-specific derivations: RoPE commutant, ε > 0 negative control for producers."""
+    from .catalogue import rope_commutant
+
+    checks = []
+    if gauge.name == "head_rotation" and isinstance(gauge, Gauge) and gauge.group.name.startswith("SO(2)"):
+        d = gauge.group.identity.rows
+        derived = rope_commutant(d)
+        basis = gauge.group.basis
+        flat = lambda ms: sp.Matrix.hstack(*[m.reshape(d * d, 1) for m in ms])  # noqa: E731
+        rank_union = flat(list(derived) + list(basis)).rank()
+        checks.append(Check("derivation", "RoPE commutant in so(d_head) (distinct ω_j) = span of the per-plane generators",
+                            sp.Integer(abs(rank_union - len(basis)) + abs(len(derived) - len(basis))),
+                            detail=f"dim commutant = {len(derived)}, planes = {len(basis)}"))
+    if gauge.name == "norm_scale" and "W_p" in gauge.blocks:
+        eps = sp.Symbol("epsilon", positive=True)
+        g, kinds = gauge.generic_element("g")
+        acted = ActedStage(set(kinds))
+        fwd = gauge.model.forward
+        moved = sp.Matrix(fwd(gauge.act(g, gauge.blocks), gauge.model.inputs, acted, eps))
+        base = sp.Matrix(fwd(gauge.blocks, gauge.model.inputs, LookupStage(acted), eps))
+        checks.append(Check("negative control", "with ε > 0 the producer scale is NOT an exact symmetry",
+                            _difference(moved, base)[0], expect_zero=False))
+    return checks
+
+
+def prove(gauge: GaugeBase, variant: str = "default") -> Certificate:
+    """Run every check on ``gauge``; returns a :class:`Certificate` (does not raise)."""
+    t0 = time.perf_counter()
+    cert = Certificate(gauge, variant)
+    if isinstance(gauge, Gauge):
+        cert.checks += _check_action(gauge)
+    cert.checks += _check_invariance(gauge)
+    cert.checks += _check_orthogonality(gauge)
+    cert.checks += _check_brackets(gauge)
+    if isinstance(gauge, Gauge):
+        cert.checks += _check_metric_projectors(gauge)
+        cert.checks += _check_frame(gauge)
+    else:
+        cert.checks += _check_composed_frame_metric(gauge)
+    cert.checks += _check_charges(gauge)
+    cert.checks += _check_extras(gauge)
+    cert.seconds = time.perf_counter() - t0
+    return cert
