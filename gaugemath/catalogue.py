@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sympy as sp
 
 from . import layers
-from .exact import norm
-from .gauge import Catalogue, ComposedGauge, Gauge, Params, ReferenceModel, block_symbols
+from .exact import canonical, norm
+from .gauge import Catalogue, ComposedGauge, Gauge, GaugeBase, Params, ReferenceModel, block_symbols
 from .groups import orthogonal, plane_rotations, positive_scalings, translations
 
 FRAMES_RESCALE = ("balance", "anchor")
@@ -190,7 +190,8 @@ def norm_gain(kind: str = "layernorm", d: int = 2, d_out: int = 2, *, prefix: st
             return [e for c in consumers for e in layers.affine(p[c], y, None, stage)]
 
         model = ReferenceModel(
-            description=f"y = W ({'γ ⊙ LN(x) + β' if kind == 'layernorm' else 'γ ⊙ RMSNorm(x)'}) (d={d}, d_out={d_out}), ε > 0",
+            description=(f"y = W ({'γ ⊙ LN(x) + β' if kind == 'layernorm' else 'γ ⊙ RMSNorm(x)'}) "
+                         f"(d={d}, d_out={d_out}), ε > 0"),
             inputs={"x": block_symbols("x", d)},
             forward=forward,
             assumptions=("the normalised output feeds only the consumers (no residual branch)",),
@@ -274,22 +275,23 @@ def _plane_frame(q: str, planes: int):
 
 
 def _gram_schmidt_frame(q: str, k: str, d_head: int):
-    """O(d): ``h = Qᵀ`` from Gram–Schmidt (QR with positive diagonal) of the first ``d_head``
-    columns of ``[W_Q | W_K]``; invariant under positive rescaling of columns."""
+    """O(d): ``h = Qᵀ`` where ``A = QR`` is the QR factorisation (positive diagonal) of the first
+    ``d_head`` columns ``A`` of ``[W_Q | W_K]``.
 
-    def frame(p):
-        cols = [sp.Matrix.hstack(p[q], p[k])[:, j] for j in range(d_head)]
-        basis = []
-        for a in cols:
-            v = a - sum((((e.T * a)[0]) * e for e in basis), sp.zeros(d_head, 1))
-            v = v.applyfunc(sp.cancel)
-            basis.append(v / norm(list(v)))
-        return sp.Matrix.hstack(*basis).T
+    Computed as ``h = R⁻ᵀ Aᵀ`` with ``R`` the Cholesky factor of the Gram matrix ``AᵀA``;
+    since ``(SA)ᵀ(SA) = AᵀA`` for orthogonal ``S``, ``h(S·θ) = R⁻ᵀAᵀSᵀ = h(θ) S⁻¹``.
+    """
+
+    def frame(p, stage=canonical):
+        a = sp.Matrix.hstack(p[q], p[k])[:, :d_head]
+        gram = (a.T * a).applyfunc(stage)
+        lower = gram.cholesky(hermitian=False)  # AᵀA = L Lᵀ, L = Rᵀ lower triangular
+        return lower.lower_triangular_solve(a.T)  # h = L⁻¹ Aᵀ
 
     return frame
 
 
-def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None, positions: int = 2,
+def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None, positions: int | None = None,
                   *, names=("W_Q", "W_K"), model=None) -> Gauge:
     """Per-head rotation of the query/key output dims: ``(W_Q, W_K) → (S W_Q, S W_K)``.
 
@@ -299,6 +301,8 @@ def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None
     q, k = names
     if d_head is None:
         d_head = 4 if rope else 3
+    if positions is None:  # without RoPE the scores do not depend on position: one suffices
+        positions = 2 if rope else 1
     if rope and d_head % 2:
         raise ValueError(f"gauge 'head_rotation', block '{q}': d_head={d_head} must be even with RoPE")
     planes = d_head // 2
@@ -425,7 +429,7 @@ def transformer_block(mlp: str = "swiglu", norm_kind: str = "rmsnorm", *, d_mode
         inputs={**fixed, **xs},
         forward=forward,
         assumptions=("L = Σ_m CE(z_m, p_m) depends on the logits only through z_m,i - z_m,0 (ce_shift certificate)",
-                     "RoPE rotations per position and plane are arbitrary SO(2) elements"),
+                     "RoPE blocks per position and plane are arbitrary c I + s J (rotations when c² + s² = 1)"),
     )
     return ComposedGauge(
         "transformer_block",
@@ -447,6 +451,7 @@ CATALOGUE = Catalogue({
     "swiglu_rescale": swiglu_rescale,
     "norm_scale": norm_scale,
     "head_rotation": head_rotation,
+    "transformer_block": transformer_block,
 })
 
 #: Every named construction that gets a certificate: (certificate, variant, builder).
@@ -468,7 +473,7 @@ def gauges() -> Catalogue:
     return CATALOGUE
 
 
-def gauge(name: str, **options) -> Gauge:
+def gauge(name: str, **options) -> GaugeBase:
     """Build catalogue gauge ``name`` with ``options`` (widths, kind, frame …)."""
     if name not in CATALOGUE:
         raise KeyError(f"unknown gauge {name!r}; known: {', '.join(CATALOGUE)}")

@@ -18,6 +18,7 @@ of scalar coordinates and ``k`` the dimension of the Lie algebra.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class GaugeBase:
     def act(self, g, params: Params) -> Params:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def frame(self, params: Params):  # pragma: no cover - abstract
+    def frame(self, params: Params, stage: Stage | None = None):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def generic_element(self, prefix: str = "g"):  # pragma: no cover - abstract
@@ -146,9 +147,14 @@ class GaugeBase:
             raise GaugeError(self.name, unknown[0], f"{where}: no such block (blocks: {list(self.blocks)})")
 
     # -- derived objects ------------------------------------------------------------------
-    def canonical(self, params: Params) -> Params:
+    def canonical(self, params: Params, stage: Stage | None = None) -> Params:
         """The canonical representative ``θ̃ = h(θ)·θ`` (G-invariant)."""
-        return self.act(self.frame(params), params)
+        return self.act(self.frame(params, stage), params)
+
+    @property
+    def isometric(self) -> bool:
+        """Whether ``D(g)ᵀD(g) = I`` for every ``g`` (then the invariant metric is Euclidean)."""
+        return False
 
     def generators_at(self, params: Params) -> sp.Matrix:
         """``X(θ)``: the ``n×k`` matrix whose column ``a`` is the generator ``X_a(θ)``."""
@@ -173,7 +179,12 @@ class GaugeBase:
         return out
 
     def metric_at(self, params: Params) -> sp.Matrix:
-        """Invariant metric ``G(θ) = D(h(θ))ᵀ D(h(θ))`` (``n×n``): Euclidean in canonical coordinates."""
+        """Invariant metric ``G(θ) = D(h(θ))ᵀ D(h(θ))`` (``n×n``): Euclidean in canonical coordinates.
+
+        For an isometric action (``D(g)ᵀD(g) = I`` for all ``g``, checked exactly) this is ``I``.
+        """
+        if self.isometric:
+            return sp.eye(len(self.coordinates))
         d = self.linear_part(self.frame(params))
         return (d.T * d).applyfunc(sp.cancel)
 
@@ -306,8 +317,8 @@ class Gauge(GaugeBase):
         if any(out[b] != self.blocks[b] for b in self.blocks):
             raise GaugeError(name, None, "the identity of the group does not act trivially")
 
-    def act(self, g: sp.Matrix, params: Params) -> Params:
-        """``g·θ`` with every entry put in lowest terms."""
+    def act(self, g: sp.Matrix, params: Params, simplify: bool = True) -> Params:
+        """``g·θ``, with every entry put in lowest terms unless ``simplify=False``."""
         self._check_keys(params, "act")
         new = self._action(g, dict(params))
         self._check_keys(new, "action result")
@@ -315,11 +326,24 @@ class Gauge(GaugeBase):
         for b, m in new.items():
             if m.shape != self.blocks[b].shape:
                 raise GaugeError(self.name, b, f"action returned shape {m.shape}, expected {self.blocks[b].shape}")
-            out[b] = m.applyfunc(canonical)
+            out[b] = m.applyfunc(canonical) if simplify else m
         return out
 
-    def frame(self, params: Params) -> sp.Matrix:
+    def frame(self, params: Params, stage: Stage | None = None) -> sp.Matrix:
+        """``h(θ) ∈ G``. A frame function that takes ``stage`` passes its invariant
+        intermediates through it (the proofs abbreviate them)."""
+        if stage is not None and "stage" in inspect.signature(self._frame).parameters:
+            return self._frame(params, stage=stage)
         return self._frame(params)
+
+    @cached_property
+    def isometric(self) -> bool:
+        g, _ = self.generic_element("g")
+        for elem in (g, *self.group.components):
+            d = self.linear_part(elem)
+            if any(e != 0 for e in (d.T * d - sp.eye(d.rows)).applyfunc(sp.cancel)):
+                return False
+        return True
 
     def generic_element(self, prefix: str = "g") -> tuple[sp.Matrix, dict[sp.Symbol, str]]:
         return self.group.generic(prefix)
@@ -386,10 +410,10 @@ class ComposedGauge(GaugeBase):
             out.update(f.act(gi, self._local(f, out)))
         return out
 
-    def frame(self, params: Params) -> tuple[sp.Matrix, ...]:
+    def frame(self, params: Params, stage: Stage | None = None) -> tuple[sp.Matrix, ...]:
         out, hs = dict(params), []
         for f in self.factors:
-            h = f.frame(self._local(f, out))
+            h = f.frame(self._local(f, out), stage)
             hs.append(h)
             out.update(f.act(h, self._local(f, out)))
         return tuple(hs)

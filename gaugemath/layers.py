@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .activations import Relu, silu
-from .groups import cayley_rotation_2d
+from .activations import Relu
 
 Stage = "Callable[[sp.Expr], sp.Expr]"
 
@@ -30,13 +29,15 @@ def layer_norm(x: sp.Matrix, eps: sp.Expr, stage) -> sp.Matrix:
     mu = stage(sum(x) / d)
     c = (x - sp.ones(d, 1) * mu).applyfunc(stage)
     var = stage(sum(e**2 for e in c) / d + eps)
-    return (c / sp.sqrt(var)).applyfunc(stage)
+    inv_std = stage(1 / sp.sqrt(var))
+    return (c * inv_std).applyfunc(stage)
 
 
 def rms_norm(x: sp.Matrix, eps: sp.Expr, stage) -> sp.Matrix:
     """Normalised part of RMSNorm: ``x / sqrt(mean(x²) + ε)``."""
     ms = stage(sum(e**2 for e in x) / x.rows + eps)
-    return (x / sp.sqrt(ms)).applyfunc(stage)
+    inv_rms = stage(1 / sp.sqrt(ms))
+    return (x * inv_rms).applyfunc(stage)
 
 
 def normalise(kind: str, x: sp.Matrix, eps: sp.Expr, stage) -> sp.Matrix:
@@ -57,13 +58,13 @@ def gain_bias(n: sp.Matrix, gain: sp.Matrix, bias: sp.Matrix | None, stage) -> s
 
 def relu_mlp(x, w_in, b_in, w_out, b_out, stage) -> sp.Matrix:
     """``W_out relu(W_in x + b_in) + b_out``."""
-    h = affine(w_in, x, b_in, stage).applyfunc(Relu)
+    h = affine(w_in, x, b_in, stage).applyfunc(Relu).applyfunc(stage)
     return affine(w_out, h, b_out, stage)
 
 
 def swiglu_mlp(x, w_gate, w_up, w_down, stage) -> sp.Matrix:
-    """``W_down (silu(W_gate x) ⊙ (W_up x))``."""
-    gate = affine(w_gate, x, None, stage).applyfunc(silu)
+    """``W_down (silu(W_gate x) ⊙ (W_up x))`` with ``silu(z) = z / (1 + e^{-z})``."""
+    gate = affine(w_gate, x, None, stage).applyfunc(lambda z: stage(z * stage(1 / stage(1 + stage(sp.exp(-z))))))
     up = affine(w_up, x, None, stage)
     return affine(w_down, sp.matrix_multiply_elementwise(gate, up), None, stage)
 
@@ -80,13 +81,15 @@ def soft_targets(name: str, classes: int) -> sp.Matrix:
 
 
 def rope_rotation(name: str, planes: int) -> sp.Matrix:
-    """A RoPE position rotation: one SO(2) rotation per frequency plane.
+    """A RoPE position rotation: per frequency plane ``j`` the block ``c_j I + s_j J``.
 
-    The angle ``pos·ω_j`` of plane ``j`` is represented by its own Cayley parameter, which
-    is more general than RoPE's fixed frequencies: any proof here holds for every position.
+    RoPE's block is the rotation by ``pos·ω_j`` (``c = cos``, ``s = sin``). The symbols are
+    left free (``c² + s² = 1`` is *not* imposed), so an identity proved here holds for every
+    position and frequency, and the expressions stay polynomial.
     """
-    taus = sp.symbols(f"{name}_0:{planes}", real=True)
-    return sp.diag(*[cayley_rotation_2d(t) for t in taus])
+    cs = sp.symbols(f"{name}c_0:{planes}", real=True)
+    ss = sp.symbols(f"{name}s_0:{planes}", real=True)
+    return sp.diag(*[sp.Matrix([[c, -s], [s, c]]) for c, s in zip(cs, ss)])
 
 
 def rope_generator(frequencies) -> sp.Matrix:
@@ -105,7 +108,8 @@ def causal_attention(qs, ks, vs, stage) -> list[sp.Matrix]:
     out = []
     for m in range(len(qs)):
         s = [stage((qs[m].T * ks[n])[0]) for n in range(m + 1)]
-        z = sum(sp.exp(e) for e in s)
-        o = sum((sp.exp(s[n]) / z * vs[n] for n in range(m + 1)), sp.zeros(vs[0].rows, 1))
+        e = [stage(sp.exp(v)) for v in s]
+        inv_z = stage(1 / stage(sum(e)))
+        o = sum((stage(en * inv_z) * vs[n] for n, en in enumerate(e)), sp.zeros(vs[0].rows, 1))
         out.append(o.applyfunc(stage))
     return out

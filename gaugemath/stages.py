@@ -9,9 +9,9 @@ by a fresh symbol, one per distinct canonical form (hash-consing):
   need to see).
 * :class:`LookupStage` runs on ``θ`` with the same table: it abbreviates an intermediate
   only if the acted pass produced the very same canonical form.
-* :class:`FirstOrderStage` truncates every intermediate to the jet ``v₀ + ε v₁`` (exact
-  forward-mode differentiation along one direction) and abbreviates ``v₀`` only when
-  ``v₁ = 0``.
+* :class:`FirstOrderStage` truncates every intermediate to the jet ``v₀ + Σ ε_a v_a`` (exact
+  forward-mode differentiation along several directions at once) and abbreviates ``v₀``
+  only when every ``v_a = 0``.
 
 Abbreviation can hide an equality but never invent one, so a zero residual is a proof.
 """
@@ -32,6 +32,8 @@ class _Table:
     def split(self, e: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
         pos, rest = _positive_part(e)
         num, rest = rest.as_coeff_Mul()
+        if rest.could_extract_minus_sign():  # one key for ±rest
+            num, rest = -num, -rest
         return pos * num, rest
 
     def small(self, e: sp.Expr) -> bool:
@@ -46,7 +48,7 @@ class _Table:
 class ActedStage(_Table):
     """Stage for the pass on ``g·θ``: abbreviates group-free intermediates."""
 
-    def __init__(self, group_symbols, threshold: int = 40):
+    def __init__(self, group_symbols, threshold: int = 0):
         super().__init__("Z", threshold)
         self.group_symbols = set(group_symbols)
 
@@ -77,16 +79,21 @@ class LookupStage(_Table):
 
 
 class FirstOrderStage(_Table):
-    """Truncate every intermediate to ``v₀ + ε v₁``; abbreviate ``v₀`` when ``v₁ = 0``."""
+    """Truncate every intermediate to ``v₀ + Σ_a ε_a v_a`` (first order in each ``ε_a``).
 
-    def __init__(self, eps: sp.Symbol, threshold: int = 40):
+    One pass differentiates along several directions at once; ``v₀`` is abbreviated when
+    every ``v_a`` vanishes.
+    """
+
+    def __init__(self, eps, threshold: int = 0):
         super().__init__("J", threshold)
-        self.eps = eps
+        self.eps = tuple(eps) if isinstance(eps, (list, tuple)) else (eps,)
+        self._zero = {e: 0 for e in self.eps}
 
     def __call__(self, e: sp.Expr) -> sp.Expr:
-        v0 = canonical(e.subs(self.eps, 0))
-        v1 = canonical(sp.diff(e, self.eps).subs(self.eps, 0))
-        if v1 == 0 and not self.small(v0):
+        v0 = canonical(e.subs(self._zero))
+        vs = [canonical(sp.diff(e, x).subs(self._zero)) for x in self.eps]
+        if all(v == 0 for v in vs) and not self.small(v0):
             coeff, rest = self.split(v0)
             v0 = coeff * self.symbol(rest, create=True)
-        return v0 + self.eps * v1
+        return v0 + sum(x * v for x, v in zip(self.eps, vs))

@@ -1,0 +1,114 @@
+"""The ``gaugemath`` command: ``list``, ``derive NAME``, ``prove [--check]``.
+
+``gaugemath prove`` proves every catalogue construction, writes one certificate per name
+into ``proofs/`` and prints a table; ``--check`` writes nothing and exits 1 if any
+certificate is missing, stale, or any identity fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .catalogue import CONSTRUCTIONS, gauge, gauges
+from .certificates import DEFAULT_DIR, prove_catalogue, stale_certificates, write_certificates
+from .describe import describe
+from .errors import GaugeError
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"option {text!r} is not of the form key=value")
+    for cast in (int,):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    if value in ("True", "False"):
+        return key, value == "True"
+    return key, value
+
+
+def _cmd_list(_args) -> int:
+    for name in gauges():
+        g = gauge(name)
+        print(f"{name:18s} {g.summary}")
+    return 0
+
+
+def _cmd_derive(args) -> int:
+    opts = dict(args.option or [])
+    try:
+        g = gauge(args.name, **opts)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    except (GaugeError, TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"# {args.name}: {g.summary}\n")
+    print(describe(g))
+    return 0
+
+
+def _cmd_prove(args) -> int:
+    names = args.names or list(CONSTRUCTIONS)
+    t0 = time.perf_counter()
+    try:
+        results = prove_catalogue(names, processes=args.jobs)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - t0
+    out_dir = Path(args.out)
+    print(f"{'gauge':18s} {'construction':22s} {'checks':>6s}  {'result':8s} {'seconds':>7s}")
+    print("-" * 66)
+    failed = False
+    for name, res in results.items():
+        for r in res:
+            print(f"{name:18s} {r.variant:22s} {r.checks:6d}  {'proved' if r.passed else 'FAILED':8s} {r.seconds:7.1f}")
+            failed |= not r.passed
+    print("-" * 66)
+    total = sum(r.checks for res in results.values() for r in res)
+    print(f"{total} identities, {sum(len(r) for r in results.values())} constructions, {wall:.1f} s wall")
+    for res in results.values():
+        for r in res:
+            for f in r.failures:
+                print(f"FAILED {r.name} [{r.variant}]: {f}", file=sys.stderr)
+    if args.check:
+        stale = stale_certificates(results, out_dir)
+        for name in stale:
+            print(f"stale or missing certificate: {out_dir / (name + '.md')} (run `gaugemath prove`)", file=sys.stderr)
+        if not stale and not failed:
+            print(f"certificates in {out_dir}/ are up to date")
+        return 1 if (stale or failed) else 0
+    paths = write_certificates(results, out_dir)
+    print(f"wrote {len(paths)} certificate(s) to {out_dir}/")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gaugemath", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the catalogue").set_defaults(run=_cmd_list)
+    p = sub.add_parser("derive", help="print a gauge's generators, brackets, frame, metric and charges")
+    p.add_argument("name")
+    p.add_argument("-o", "--option", action="append", type=_parse_option, metavar="KEY=VALUE",
+                   help="constructor option, e.g. -o hidden=3 -o frame=anchor")
+    p.set_defaults(run=_cmd_derive)
+    p = sub.add_parser("prove", help="prove the catalogue and write certificates")
+    p.add_argument("names", nargs="*", help="catalogue names (default: all)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; fail if a certificate is stale or a check fails")
+    p.add_argument("--out", default=str(DEFAULT_DIR), help="certificate folder (default: proofs)")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    p.set_defaults(run=_cmd_prove)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
