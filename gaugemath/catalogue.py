@@ -195,6 +195,7 @@ def norm_gain(kind: str = "layernorm", d: int = 2, d_out: int = 2, *, prefix: st
             inputs={"x": block_symbols("x", d)},
             forward=forward,
             assumptions=("the normalised output feeds only the consumers (no residual branch)",),
+            constants={eps: sp.Rational(1, 10**5)},
         )
     return Gauge(
         name,
@@ -329,6 +330,8 @@ def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None
             inputs={f"x{m}": xs[m] for m in range(positions)},
             forward=forward,
             assumptions=("attention depends on W_Q, W_K only through the scores",),
+            constants={k: v for m in range(positions) if rope
+                       for k, v in layers.rope_values(f"tau{m}", planes, m).items()},
         )
     group = plane_rotations(planes) if rope else orthogonal(d_head)
     frame = _plane_frame(q, planes) if rope else _gram_schmidt_frame(q, k, d_head)
@@ -430,6 +433,8 @@ def transformer_block(mlp: str = "swiglu", norm_kind: str = "rmsnorm", *, d_mode
         forward=forward,
         assumptions=("L = Σ_m CE(z_m, p_m) depends on the logits only through z_m,i - z_m,0 (ce_shift certificate)",
                      "RoPE blocks per position and plane are arbitrary c I + s J (rotations when c² + s² = 1)"),
+        constants={eps: sp.Rational(1, 10**5),
+                   **{k: v for m in range(positions) for k, v in layers.rope_values(f"tau{m}", d_head // 2, m).items()}},
     )
     return ComposedGauge(
         "transformer_block",

@@ -59,6 +59,9 @@ class ReferenceModel:
     forward: Callable[[Params, Params, Stage], list[sp.Expr]]
     generic_loss: bool = True
     assumptions: tuple[str, ...] = ()
+    #: symbols of the layer that are neither parameters nor inputs (e.g. a norm's ``ε``), with
+    #: the value numerical evaluation uses; proofs keep them symbolic.
+    constants: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class GaugeBase:
     notes: tuple[str, ...]
 
     # -- to be provided -------------------------------------------------------------------
-    def act(self, g, params: Params) -> Params:  # pragma: no cover - abstract
+    def act(self, g, params: Params, simplify: bool = True) -> Params:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def frame(self, params: Params, stage: Stage | None = None):  # pragma: no cover - abstract
@@ -147,9 +150,9 @@ class GaugeBase:
             raise GaugeError(self.name, unknown[0], f"{where}: no such block (blocks: {list(self.blocks)})")
 
     # -- derived objects ------------------------------------------------------------------
-    def canonical(self, params: Params, stage: Stage | None = None) -> Params:
+    def canonical(self, params: Params, stage: Stage | None = None, simplify: bool = True) -> Params:
         """The canonical representative ``θ̃ = h(θ)·θ`` (G-invariant)."""
-        return self.act(self.frame(params, stage), params)
+        return self.act(self.frame(params, stage), params, simplify=simplify)
 
     @property
     def isometric(self) -> bool:
@@ -396,11 +399,11 @@ class ComposedGauge(GaugeBase):
     def _local(self, f: Gauge, params: Params) -> Params:
         return {b: params[b] for b in f.blocks}
 
-    def act(self, g: Sequence[sp.Matrix], params: Params) -> Params:
+    def act(self, g: Sequence[sp.Matrix], params: Params, simplify: bool = True) -> Params:
         self._check_keys(params, "act")
         out = dict(params)
         for f, gi in zip(self.factors, g, strict=True):
-            out.update(f.act(gi, self._local(f, out)))
+            out.update(f.act(gi, self._local(f, out), simplify=simplify))
         return out
 
     def act_reversed(self, g: Sequence[sp.Matrix], params: Params) -> Params:

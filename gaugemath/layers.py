@@ -8,6 +8,8 @@ Vectors are ``d×1`` :class:`sympy.Matrix` columns.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 
 from .activations import Relu
@@ -90,6 +92,17 @@ def rope_rotation(name: str, planes: int) -> sp.Matrix:
     cs = sp.symbols(f"{name}c_0:{planes}", real=True)
     ss = sp.symbols(f"{name}s_0:{planes}", real=True)
     return sp.diag(*[sp.Matrix([[c, -s], [s, c]]) for c, s in zip(cs, ss)])
+
+
+def rope_values(name: str, planes: int, position: int, base: float = 10000.0) -> dict[sp.Symbol, sp.Float]:
+    """Numerical values of :func:`rope_rotation`'s symbols for RoPE at ``position``:
+    ``c_j = cos(position·ω_j)``, ``s_j = sin(position·ω_j)``, ``ω_j = base^(-j/planes)``."""
+    out = {}
+    for j in range(planes):
+        angle = position * base ** (-j / planes)
+        out[sp.Symbol(f"{name}c_{j}", real=True)] = sp.Float(math.cos(angle), 30)
+        out[sp.Symbol(f"{name}s_{j}", real=True)] = sp.Float(math.sin(angle), 30)
+    return out
 
 
 def rope_generator(frequencies) -> sp.Matrix:

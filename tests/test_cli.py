@@ -1,0 +1,47 @@
+"""The `gaugemath` command: list, derive, prove and prove --check (staleness detection)."""
+
+import subprocess
+import sys
+
+from gaugemath.cli import main
+
+
+def test_list_names_every_gauge(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ce_shift", "relu_rescale", "swiglu_rescale", "norm_scale", "head_rotation", "transformer_block"):
+        assert name in out
+
+
+def test_derive_relu_shows_generator_metric_and_charge(capsys):
+    assert main(["derive", "relu_rescale"]) == 0
+    out = capsys.readouterr().out
+    assert "Generators" in out and "G(θ) = diag(" in out
+    assert "Q[scale[0]] = W_in[0,0]**2 + W_in[0,1]**2 - W_out[0,0]**2 - W_out[1,0]**2 + b_in[0]**2" in out
+
+
+def test_derive_passes_options_and_reports_bad_ones(capsys):
+    assert main(["derive", "relu_rescale", "-o", "hidden=1", "-o", "frame=anchor"]) == 0
+    assert "anchor" in capsys.readouterr().out
+    assert main(["derive", "nope"]) == 2
+    assert "unknown gauge" in capsys.readouterr().err
+    assert main(["derive", "relu_rescale", "-o", "frame=sideways"]) == 2
+    assert "relu_rescale" in capsys.readouterr().err
+
+
+def test_prove_writes_certificates_and_check_detects_staleness(tmp_path, capsys):
+    out = tmp_path / "proofs"
+    assert main(["prove", "ce_shift", "--out", str(out), "-j", "1"]) == 0
+    text = (out / "ce_shift.md").read_text()
+    assert "Status: **PROVED**" in text and "SymPy" in text and "**FAILED**" not in text
+    assert main(["prove", "ce_shift", "--check", "--out", str(out), "-j", "1"]) == 0
+    (out / "ce_shift.md").write_text(text.replace("proved", "assumed", 1))
+    assert main(["prove", "ce_shift", "--check", "--out", str(out), "-j", "1"]) == 1
+    assert "stale" in capsys.readouterr().err
+    (out / "ce_shift.md").unlink()
+    assert main(["prove", "ce_shift", "--check", "--out", str(out), "-j", "1"]) == 1
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "gaugemath", "list"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "head_rotation" in r.stdout
