@@ -434,7 +434,8 @@ def transformer_block(mlp: str = "swiglu", norm_kind: str = "rmsnorm", *, d_mode
         assumptions=("L = Σ_m CE(z_m, p_m) depends on the logits only through z_m,i - z_m,0 (ce_shift certificate)",
                      "RoPE blocks per position and plane are arbitrary c I + s J (rotations when c² + s² = 1)"),
         constants={eps: sp.Rational(1, 10**5),
-                   **{k: v for m in range(positions) for k, v in layers.rope_values(f"tau{m}", d_head // 2, m).items()}},
+                   **{k: v for m in range(positions)
+                      for k, v in layers.rope_values(f"tau{m}", d_head // 2, m).items()}},
     )
     return ComposedGauge(
         "transformer_block",

@@ -180,7 +180,8 @@ class NumericGauge:
 
     @cached_property
     def _canonical_fn(self):
-        return self._lambdify([self._coords], list(self.gauge.flatten(self.gauge.canonical(self.gauge.blocks, simplify=False))))
+        canon = self.gauge.canonical(self.gauge.blocks, simplify=False)
+        return self._lambdify([self._coords], list(self.gauge.flatten(canon)))
 
     def canonical(self, theta) -> np.ndarray:
         """The canonical point ``h(θ)·θ`` (G-invariant)."""
