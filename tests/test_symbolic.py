@@ -142,3 +142,9 @@ def test_a_false_gauge_fails_its_proof_with_the_residual():
     assert bad and bad[0].residual != 0
     with pytest.raises(ProofError, match="gate_rescale.*residual"):
         cert.raise_on_failure()
+
+
+def test_backends_ship_inside_the_package():
+    import gaugemath.backends
+
+    assert "generated" in (gaugemath.backends.__doc__ or "").lower()
