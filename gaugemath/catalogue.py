@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import sympy as sp
 
 from . import layers
+from .errors import GaugeError
 from .exact import canonical, norm
 from .gauge import Catalogue, ComposedGauge, Gauge, GaugeBase, Params, ReferenceModel, block_symbols
 from .groups import orthogonal, plane_rotations, positive_scalings, translations
@@ -246,18 +247,17 @@ def norm_producer(kind: str = "layernorm", d: int = 3, d_in: int = 1) -> Gauge:
     )
 
 
-def norm_scale(kind: str = "layernorm", d: int = 2, d_out: int = 2) -> Gauge:
+def norm_scale(kind: str = "layernorm", d: int | None = None, d_out: int = 2) -> Gauge:
     """LayerNorm/RMSNorm scale gauges.
 
-    ``kind``: ``"layernorm"`` or ``"rmsnorm"`` (gain–consumer rescale, see :func:`norm_gain`),
-    or ``"producer"`` / ``"producer_rmsnorm"`` (scale-invariance of the weight that feeds the
-    norm, see :func:`norm_producer`).
+    ``kind``: ``"layernorm"`` or ``"rmsnorm"`` (gain–consumer rescale of ``d`` channels with a
+    ``d_out×d`` consumer, see :func:`norm_gain`; ``d`` defaults to 2), or ``"producer"`` /
+    ``"producer_rmsnorm"`` (scale-invariance of the ``d×1`` weight that feeds the norm, see
+    :func:`norm_producer`; ``d`` defaults to 3, ``d_out`` is not used).
     """
-    if kind == "producer":
-        return norm_producer("layernorm")
-    if kind == "producer_rmsnorm":
-        return norm_producer("rmsnorm")
-    return norm_gain(kind, d, d_out)
+    if kind in ("producer", "producer_rmsnorm"):
+        return norm_producer("layernorm" if kind == "producer" else "rmsnorm", d=3 if d is None else d)
+    return norm_gain(kind, 2 if d is None else d, d_out)
 
 
 # -------------------------------------------------------------------------- rotation
@@ -284,7 +284,11 @@ def _gram_schmidt_frame(q: str, k: str, d_head: int):
     """
 
     def frame(p, stage=canonical):
-        a = sp.Matrix.hstack(p[q], p[k])[:, :d_head]
+        both = sp.Matrix.hstack(p[q], p[k])
+        if both.cols < d_head:
+            raise GaugeError("head_rotation", q, f"the Gram–Schmidt frame needs 2·d_model >= d_head "
+                             f"(d_model={both.cols // 2}, d_head={d_head}): the orbit is degenerate")
+        a = both[:, :d_head]
         gram = (a.T * a).applyfunc(stage)
         lower = gram.cholesky(hermitian=False)  # AᵀA = L Lᵀ, L = Rᵀ lower triangular
         return lower.lower_triangular_solve(a.T)  # h = L⁻¹ Aᵀ

@@ -31,7 +31,8 @@ def describe(gauge: GaugeBase, max_metric: int = 30) -> str:
     out.append("")
     if isinstance(gauge, Gauge):
         out.append(f"**Group.** {gauge.group.name}, dimension {gauge.dim}, "
-                   f"{len(gauge.group.components) + 1} connected component(s).")
+                   + (f"identity component plus {len(gauge.group.components)} component representative(s) "
+                      "that generate the component group." if gauge.group.components else "connected."))
     else:
         out.append("**Group.** product of the factors " + ", ".join(f"`{f.name}` ({f.group.name})"
                                                                     for f in gauge.factors)

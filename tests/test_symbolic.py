@@ -148,3 +148,9 @@ def test_backends_ship_inside_the_package():
     import gaugemath.backends
 
     assert "generated" in (gaugemath.backends.__doc__ or "").lower()
+
+
+def test_o_d_frame_refuses_a_degenerate_orbit():
+    g = head_rotation(False, d_model=1, d_head=3)
+    with pytest.raises(GaugeError, match="head_rotation.*2·d_model >= d_head"):
+        g.frame(g.blocks)
