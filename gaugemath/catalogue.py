@@ -15,7 +15,7 @@ from . import layers
 from .errors import GaugeError
 from .exact import canonical, norm
 from .gauge import Catalogue, ComposedGauge, Gauge, GaugeBase, Params, ReferenceModel, block_symbols
-from .groups import orthogonal, plane_rotations, positive_scalings, translations
+from .groups import direct_sum, orthogonal, plane_rotations, positive_scalings, translations
 
 FRAMES_RESCALE = ("balance", "anchor")
 
@@ -275,7 +275,16 @@ def _plane_frame(q: str, planes: int):
     return frame
 
 
-def _gram_schmidt_frame(q: str, k: str, d_head: int):
+def _block_frame(frames):
+    """Block-diagonal frame from per-head frames (each may take ``stage``)."""
+
+    def frame(p, stage=canonical):
+        return sp.diag(*[f(p, stage=stage) for f in frames])
+
+    return frame
+
+
+def _gram_schmidt_frame(q: str, k: str, d_head: int, rows: slice = slice(None)):
     """O(d): ``h = Qᵀ`` where ``A = QR`` is the QR factorisation (positive diagonal) of the first
     ``d_head`` columns ``A`` of ``[W_Q | W_K]``.
 
@@ -284,7 +293,7 @@ def _gram_schmidt_frame(q: str, k: str, d_head: int):
     """
 
     def frame(p, stage=canonical):
-        both = sp.Matrix.hstack(p[q], p[k])
+        both = sp.Matrix.hstack(p[q][rows, :], p[k][rows, :])
         if both.cols < d_head:
             raise GaugeError("head_rotation", q, f"the Gram–Schmidt frame needs 2·d_model >= d_head "
                              f"(d_model={both.cols // 2}, d_head={d_head}): the orbit is degenerate")
@@ -297,11 +306,13 @@ def _gram_schmidt_frame(q: str, k: str, d_head: int):
 
 
 def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None, positions: int | None = None,
-                  *, names=("W_Q", "W_K"), model=None) -> Gauge:
+                  *, heads: int = 1, names=("W_Q", "W_K"), model=None) -> Gauge:
     """Per-head rotation of the query/key output dims: ``(W_Q, W_K) → (S W_Q, S W_K)``.
 
-    Without RoPE ``S ∈ O(d_head)``. With RoPE only the commutant of the position rotations
-    survives: ``SO(2)`` per frequency plane (derived in the certificate for distinct frequencies).
+    ``W_Q, W_K`` are ``(heads·d_head)×d_model`` (heads stacked by rows); ``S`` is block-diagonal
+    with one block per head. Without RoPE each block is in ``O(d_head)``. With RoPE only the
+    commutant of the position rotations survives: ``SO(2)`` per frequency plane (derived in the
+    certificate for distinct frequencies).
     """
     q, k = names
     if d_head is None:
@@ -310,8 +321,11 @@ def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None
         positions = 2 if rope else 1
     if rope and d_head % 2:
         raise ValueError(f"gauge 'head_rotation', block '{q}': d_head={d_head} must be even with RoPE")
+    if heads < 1:
+        raise ValueError(f"gauge 'head_rotation', block '{q}': heads={heads} must be >= 1")
     planes = d_head // 2
-    blocks = {q: block_symbols(q, d_head, d_model), k: block_symbols(k, d_head, d_model)}
+    rows = heads * d_head
+    blocks = {q: block_symbols(q, rows, d_model), k: block_symbols(k, rows, d_model)}
 
     def action(g, p):
         return {q: g * p[q], k: g * p[k]}
@@ -321,24 +335,35 @@ def head_rotation(rope: bool = True, d_model: int = 2, d_head: int | None = None
         rots = [layers.rope_rotation(f"tau{m}", planes) for m in range(positions)] if rope else None
 
         def forward(p, inp, stage):
-            qs = [(p[q] * inp[f"x{m}"]).applyfunc(stage) for m in range(positions)]
-            ks = [(p[k] * inp[f"x{m}"]).applyfunc(stage) for m in range(positions)]
-            if rope:
-                qs = [(rots[m] * v).applyfunc(stage) for m, v in enumerate(qs)]
-                ks = [(rots[m] * v).applyfunc(stage) for m, v in enumerate(ks)]
-            return layers.attention_scores(qs, ks, stage)
+            scores = []
+            for h in range(heads):
+                wq, wk = p[q][h * d_head : (h + 1) * d_head, :], p[k][h * d_head : (h + 1) * d_head, :]
+                qs = [(wq * inp[f"x{m}"]).applyfunc(stage) for m in range(positions)]
+                ks = [(wk * inp[f"x{m}"]).applyfunc(stage) for m in range(positions)]
+                if rope:
+                    qs = [(rots[m] * v).applyfunc(stage) for m, v in enumerate(qs)]
+                    ks = [(rots[m] * v).applyfunc(stage) for m, v in enumerate(ks)]
+                scores += layers.attention_scores(qs, ks, stage)
+            return scores
 
         model = ReferenceModel(
             description=(f"causal scores s_mn = (R_m W_Q x_m)ᵀ (R_n W_K x_n) (d_model={d_model}, d_head={d_head}, "
-                         f"{positions} positions{', RoPE R_m per plane' if rope else ', no RoPE'})"),
+                         + (f"{heads} heads, " if heads > 1 else "")
+                         + f"{positions} positions{', RoPE R_m per plane' if rope else ', no RoPE'})"),
             inputs={f"x{m}": xs[m] for m in range(positions)},
             forward=forward,
             assumptions=("attention depends on W_Q, W_K only through the scores",),
             constants={k: v for m in range(positions) if rope
                        for k, v in layers.rope_values(f"tau{m}", planes, m).items()},
         )
-    group = plane_rotations(planes) if rope else orthogonal(d_head)
-    frame = _plane_frame(q, planes) if rope else _gram_schmidt_frame(q, k, d_head)
+    if rope:
+        group, frame = plane_rotations(heads * planes), _plane_frame(q, heads * planes)
+    elif heads == 1:
+        group, frame = orthogonal(d_head), _gram_schmidt_frame(q, k, d_head)
+    else:
+        group = direct_sum([orthogonal(d_head)] * heads, [f"head{h}" for h in range(heads)])
+        frames = [_gram_schmidt_frame(q, k, d_head, rows=slice(h * d_head, (h + 1) * d_head)) for h in range(heads)]
+        frame = _block_frame(frames)
     return Gauge(
         "head_rotation",
         summary="scores q·k are unchanged when queries and keys of a head rotate together"

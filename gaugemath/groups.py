@@ -173,3 +173,41 @@ def orthogonal(d: int) -> MatrixGroup:
         generic=generic,
         components=(sp.diag(-1, *([1] * (d - 1))),),
     )
+
+
+def direct_sum(groups: list[MatrixGroup], labels: list[str]) -> MatrixGroup:
+    """``G_1 × … × G_r`` acting block-diagonally (e.g. one ``O(d_head)`` per attention head).
+
+    The Lie algebra basis is the union of the embedded factor bases (labelled ``label:…``);
+    the component representatives are those of each factor, embedded.
+    """
+    sizes = [g.identity.rows for g in groups]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    total = sum(sizes)
+
+    def embed(i: int, m: sp.Matrix) -> sp.Matrix:
+        out = sp.eye(total) if m.is_square and m == groups[i].identity else sp.zeros(total, total)
+        out[offsets[i] : offsets[i] + sizes[i], offsets[i] : offsets[i] + sizes[i]] = m
+        return out
+
+    def generic(prefix: str):
+        parts, kinds = [], {}
+        for i, g in enumerate(groups):
+            e, k = g.generic(f"{prefix}{i}")
+            parts.append(e)
+            kinds.update(k)
+        return sp.diag(*parts), kinds
+
+    def embed_component(i: int, c: sp.Matrix) -> sp.Matrix:
+        out = sp.eye(total)
+        out[offsets[i] : offsets[i] + sizes[i], offsets[i] : offsets[i] + sizes[i]] = c
+        return out
+
+    return MatrixGroup(
+        name=" × ".join(g.name for g in groups),
+        identity=sp.eye(total),
+        basis=tuple(embed(i, b) for i, g in enumerate(groups) for b in g.basis),
+        labels=tuple(f"{lab}:{b}" for lab, g in zip(labels, groups) for b in g.labels),
+        generic=generic,
+        components=tuple(embed_component(i, c) for i, g in enumerate(groups) for c in g.components),
+    )

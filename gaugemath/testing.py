@@ -67,7 +67,11 @@ _WIDTHS = {
     "relu_rescale": lambda w: {"d_in": w[0], "hidden": w[1], "d_out": w[2]},
     "swiglu_rescale": lambda w: {"d_in": w[0], "hidden": w[1], "d_out": w[2]},
     "norm_scale": lambda w: {"kind": ("layernorm", "rmsnorm")[w[0] % 2], "d": w[1] + 1, "d_out": w[2]},
-    "head_rotation": lambda w: {"rope": True, "d_model": w[0], "d_head": 2 * min(w[1], 2), "positions": 2},
+    # w[2] = 1: one RoPE head; 2: two heads, no RoPE, O(d_head) each; 3: two RoPE heads
+    "head_rotation": lambda w: (
+        {"rope": False, "d_model": w[0], "d_head": max(2, min(w[1] + 1, 2 * w[0])), "heads": 2}
+        if w[2] == 2 else {"rope": True, "d_model": w[0], "d_head": 2 * min(w[1], 2), "positions": 2,
+                           "heads": 1 if w[2] == 1 else 2}),
 }
 
 

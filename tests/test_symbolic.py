@@ -56,12 +56,12 @@ def test_E7_rescale_orbit_dimension_is_h(d_in, hidden, d_out):
         assert printed != hidden
 
 
-@pytest.mark.parametrize("h,d_model", [(6, 1), (5, 1), (4, 2), (3, 1)])
-def test_E7_orthogonal_orbit_dimension_follows_the_erratum(h, d_model):
+@pytest.mark.parametrize("h,d_model,heads", [(6, 1, 1), (5, 1, 1), (4, 2, 1), (3, 1, 1), (4, 1, 2)])
+def test_E7_orthogonal_orbit_dimension_follows_the_erratum(h, d_model, heads):
     # O(h) on (W_Q, W_K) is the two-layer O(h) gauge with n = m = d_model (theory.md §6.3):
-    # rank = C(h,2) - C((h - n - m)_+, 2), not the printed C(h,2) - C(h - max(n,m), 2).
-    gauge = head_rotation(False, d_model=d_model, d_head=h)
-    expected = math.comb(h, 2) - math.comb(max(h - 2 * d_model, 0), 2)
+    # rank = C(h,2) - C((h - n - m)_+, 2), not the printed C(h,2) - C(h - max(n,m), 2); heads add up.
+    gauge = head_rotation(False, d_model=d_model, d_head=h, heads=heads)
+    expected = heads * (math.comb(h, 2) - math.comb(max(h - 2 * d_model, 0), 2))
     assert _numeric_rank(gauge) == expected
     printed = math.comb(h, 2) - math.comb(max(h - d_model, 0), 2)
     if h - d_model >= 2:
@@ -154,3 +154,12 @@ def test_o_d_frame_refuses_a_degenerate_orbit():
     g = head_rotation(False, d_model=1, d_head=3)
     with pytest.raises(GaugeError, match="head_rotation.*2·d_model >= d_head"):
         g.frame(g.blocks)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_two_heads_rotate_independently_and_prove(rope):
+    g = head_rotation(rope, d_model=2, d_head=2, heads=2)
+    assert g.dim == 2  # one SO(2) plane / one so(2) per head
+    assert all(b.is_zero_matrix or b[:2, :2].is_zero_matrix or b[2:, 2:].is_zero_matrix for b in g.group.basis)
+    cert = prove(g)
+    assert cert.passed, [(c.statement, c.residual) for c in cert.failures()]
