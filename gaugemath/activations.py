@@ -61,9 +61,12 @@ class Relu2(_Homogeneous):
     degree = 2
 
 
-def silu(z: sp.Expr) -> sp.Expr:
-    """``silu(z) = z σ(z) = z / (1 + e^{-z})`` written out: no scaling property."""
-    return z / (1 + sp.exp(-z))
+def silu(z: sp.Expr, stage=lambda e: e) -> sp.Expr:
+    """``silu(z) = z σ(z) = z / (1 + e^{-z})`` written out: no scaling property.
+
+    ``stage`` (see :mod:`gaugemath.layers`) is applied to each intermediate.
+    """
+    return stage(z * stage(1 / stage(1 + stage(sp.exp(-z)))))
 
 
 #: How each declared function is evaluated numerically (name -> (numpy, mpmath)).

@@ -19,13 +19,12 @@ from pathlib import Path
 import sympy as sp
 
 from .catalogue import CONSTRUCTIONS
-from .describe import describe, sstr
+from .describe import describe, short
 from .proofs import Check, check_groups
 
 #: Where ``gaugemath prove`` writes by default (the repository's ``proofs/`` folder).
 DEFAULT_DIR = Path("proofs")
 
-_RESIDUAL_LIMIT = 600
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,9 @@ class VariantResult:
         return tuple(f"{r.statement}: residual = {r.residual}" for r in self.rows if not r.passed)
 
 
-def _short(e, limit: int = _RESIDUAL_LIMIT) -> str:
-    s = sstr(e)
-    return s if len(s) <= limit else s[:limit] + f" … ({len(s)} characters)"
-
-
 def _row(c: Check) -> Row:
     zero = c.residual == 0 if not isinstance(c.residual, sp.MatrixBase) else all(e == 0 for e in c.residual)
-    resid = "0" if zero else _short(c.residual)
+    resid = "0" if zero else short(c.residual)
     if not c.expect_zero:
         resid = f"≠ 0: {resid}"
     statement = c.statement + (f" — {c.detail}" if c.detail else "")

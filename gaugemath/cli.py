@@ -22,14 +22,12 @@ def _parse_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"option {text!r} is not of the form key=value")
-    for cast in (int,):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
     if value in ("True", "False"):
         return key, value == "True"
-    return key, value
+    try:
+        return key, int(value)
+    except ValueError:
+        return key, value
 
 
 def _cmd_list(_args) -> int:

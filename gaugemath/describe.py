@@ -13,7 +13,14 @@ from .gauge import Gauge, GaugeBase
 
 
 def sstr(e) -> str:
+    """Deterministic printed form (lexicographic term order)."""
     return sp.sstr(e, order="lex")
+
+
+def short(e, limit: int = 600) -> str:
+    """:func:`sstr`, cut to ``limit`` characters (a residual can be huge)."""
+    s = sstr(e)
+    return s if len(s) <= limit else s[:limit] + f" … ({len(s)} characters)"
 
 
 def _matrix_rows(m: sp.Matrix) -> str:

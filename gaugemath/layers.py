@@ -12,7 +12,7 @@ import math
 
 import sympy as sp
 
-from .activations import Relu
+from .activations import Relu, silu
 
 Stage = "Callable[[sp.Expr], sp.Expr]"
 
@@ -66,7 +66,7 @@ def relu_mlp(x, w_in, b_in, w_out, b_out, stage) -> sp.Matrix:
 
 def swiglu_mlp(x, w_gate, w_up, w_down, stage) -> sp.Matrix:
     """``W_down (silu(W_gate x) ⊙ (W_up x))`` with ``silu(z) = z / (1 + e^{-z})``."""
-    gate = affine(w_gate, x, None, stage).applyfunc(lambda z: stage(z * stage(1 / stage(1 + stage(sp.exp(-z))))))
+    gate = affine(w_gate, x, None, stage).applyfunc(lambda z: silu(z, stage))
     up = affine(w_up, x, None, stage)
     return affine(w_down, sp.matrix_multiply_elementwise(gate, up), None, stage)
 

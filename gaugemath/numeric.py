@@ -21,7 +21,7 @@ import numpy as np
 import sympy as sp
 
 from .errors import GaugeError
-from .gauge import ComposedGauge, Gauge, GaugeBase, Params
+from .gauge import ComposedGauge, Gauge, GaugeBase
 
 ArrayParams = dict[str, np.ndarray]
 BACKENDS = ("numpy", "mpmath")
@@ -359,4 +359,4 @@ def compile_gauge(gauge: GaugeBase, backend: str = "numpy", dps: int = 50) -> Nu
     return NumericGauge(gauge, backend, dps)
 
 
-__all__ = ["ArrayParams", "GroupSample", "NumericGauge", "Params", "compile_gauge"]
+__all__ = ["ArrayParams", "GroupSample", "NumericGauge", "compile_gauge"]

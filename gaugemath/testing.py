@@ -100,7 +100,8 @@ def group_elements(gauge: NumericGauge, spread: float = 3.0, components: bool = 
     and (if ``components``) any connected component."""
     values = st.tuples(*[(_floats(1 / spread, spread) if k == POSITIVE else _floats(-spread, spread))
                          for k in gauge.group_kinds])
-    n_comp = len(getattr(gauge.gauge, "group", None).components) if hasattr(gauge.gauge, "group") else 0
+    group = getattr(gauge.gauge, "group", None)  # composed gauges have no component representatives
+    n_comp = len(group.components) if group is not None else 0
     comp = st.integers(0, n_comp) if (components and n_comp) else st.just(0)
     return st.builds(lambda v, c: GroupSample(tuple(v), c), values, comp)
 
