@@ -247,17 +247,19 @@ def norm_producer(kind: str = "layernorm", d: int = 3, d_in: int = 1) -> Gauge:
     )
 
 
-def norm_scale(kind: str = "layernorm", d: int | None = None, d_out: int = 2) -> Gauge:
+def norm_scale(kind: str = "layernorm", d: int | None = None, d_out: int | None = None) -> Gauge:
     """LayerNorm/RMSNorm scale gauges.
 
     ``kind``: ``"layernorm"`` or ``"rmsnorm"`` (gain–consumer rescale of ``d`` channels with a
     ``d_out×d`` consumer, see :func:`norm_gain`; ``d`` defaults to 2), or ``"producer"`` /
     ``"producer_rmsnorm"`` (scale-invariance of the ``d×1`` weight that feeds the norm, see
-    :func:`norm_producer`; ``d`` defaults to 3, ``d_out`` is not used).
+    :func:`norm_producer`; ``d`` defaults to 3; ``d_out`` does not apply and is refused).
     """
     if kind in ("producer", "producer_rmsnorm"):
+        if d_out is not None:
+            raise ValueError(f"gauge 'norm_scale', block 'W_p': d_out={d_out} does not apply to kind={kind!r}")
         return norm_producer("layernorm" if kind == "producer" else "rmsnorm", d=3 if d is None else d)
-    return norm_gain(kind, 2 if d is None else d, d_out)
+    return norm_gain(kind, 2 if d is None else d, 2 if d_out is None else d_out)
 
 
 # -------------------------------------------------------------------------- rotation

@@ -289,11 +289,34 @@ class NumericGauge:
                              "a declared constant (ReferenceModel.constants)")
         return outs
 
+    def complete_inputs(self, inputs: ArrayParams) -> dict[str, np.ndarray]:
+        """Copy of ``inputs`` whose derived entries (e.g. ``p_last = 1 - Σ p``) are set from the free ones."""
+        out = {k: np.array(v, dtype=object if np.asarray(v).dtype == object else None, copy=True)
+               for k, v in inputs.items()}
+        values = {s: np.ravel(out[k])[i] for k, i, s in self._input_slots}
+        for k, m in self.gauge.model.inputs.items():
+            flat = out[k].reshape(-1)
+            for i, e in enumerate(m):
+                if not e.is_Symbol:
+                    flat[i] = sp.lambdify(list(values), e, "mpmath" if flat.dtype == object else "math")(
+                        *values.values())
+        return out
+
     def _flat_inputs(self, inputs: ArrayParams):
+        """Values of the free input symbols; a derived entry (e.g. ``p_last = 1 - Σ p``) must agree."""
         missing = [k for k in self.input_shapes if k not in inputs]
         if missing:
             raise GaugeError(self.gauge.name, missing[0], "layer input missing")
-        return self._array([np.ravel(inputs[k])[i] for k, i, _ in self._input_slots])
+        flat = [np.ravel(inputs[k])[i] for k, i, _ in self._input_slots]
+        values = dict(zip(self._input_symbols, flat, strict=True))
+        for k, m in self.gauge.model.inputs.items():
+            for i, e in enumerate(m):
+                if not e.is_Symbol:
+                    given, derived = float(np.ravel(inputs[k])[i]), float(e.subs(values))
+                    if abs(given - derived) > 1e-9 * max(1.0, abs(derived)):
+                        raise GaugeError(self.gauge.name, k, f"input entry {i} is {given!r} but the layer defines "
+                                         f"it as {e} = {derived!r}")
+        return self._array(flat)
 
     def outputs(self, theta, inputs: ArrayParams) -> np.ndarray:
         """The reference layer's outputs (the loss itself when ``generic_loss`` is false).

@@ -124,7 +124,7 @@ def problems(gauge: NumericGauge) -> st.SearchStrategy[Problem]:
         for name, (r, c) in gauge.input_shapes.items():
             parts[name] = st.lists(_floats(-1.5, 1.5), min_size=r * c, max_size=r * c).map(
                 lambda v, r=r, c=c: np.asarray(v).reshape(r, c))
-        return st.fixed_dictionaries(parts)
+        return st.fixed_dictionaries(parts).map(gauge.complete_inputs)
 
     targets = st.tuples(*[_floats(-1, 1)] * gauge.n_targets)
     return st.builds(Problem, parameters(gauge), group_elements(gauge), inputs_strategy(), targets)

@@ -19,7 +19,7 @@ def block(request):
 def test_block_outputs_and_canonical_point_are_invariant(block, seed):
     rng = np.random.default_rng(seed)
     theta = rng.normal(size=block.n)
-    inputs = {k: rng.normal(size=s) for k, s in block.input_shapes.items()}
+    inputs = block.complete_inputs({k: rng.normal(size=s) for k, s in block.input_shapes.items()})
     g = GroupSample(tuple(float(np.exp(rng.normal())) if k == "positive" else float(rng.normal())
                           for k in block.group_kinds))
     moved = block.act_flat(g, theta)

@@ -22,6 +22,7 @@ def _problem(gauge: NumericGauge, seed: int):
     rng = np.random.default_rng(seed)
     theta = _mp(np.round(rng.normal(size=gauge.n), 6))
     inputs = {k: _mp(np.round(rng.normal(size=r * c), 6)).reshape(r, c) for k, (r, c) in gauge.input_shapes.items()}
+    inputs = gauge.complete_inputs(inputs)
     targets = list(_mp(np.round(rng.normal(size=gauge.n_targets), 6)))
     values = tuple(mpmath.mpf("1.7") if k == "positive" else mpmath.mpf("0.6") for k in gauge.group_kinds)
     return theta, inputs, targets, GroupSample(values)

@@ -51,3 +51,16 @@ def test_bad_parameters_get_clear_errors():
         rescale.flatten({"W_in": np.full((4, 3), np.nan), "b_in": np.zeros(4), "W_out": np.zeros((2, 4))})
     with pytest.raises(GaugeError, match="degenerate orbit"):
         rescale.vertical_projector(np.zeros(rescale.n))
+
+
+def test_inputs_and_options_that_would_be_ignored_are_refused():
+    from gaugemath import GaugeError, gauge
+
+    shift = gt.numeric_gauge("ce_shift")  # soft targets p with Σ p = 1: p_last is derived
+    theta = np.linspace(-1, 1, shift.n)
+    ok = {"x": np.array([0.3, -0.2]), "p": np.array([0.2, 0.3, 0.5])}
+    shift.loss(theta, ok)
+    with pytest.raises(GaugeError, match="gauge 'ce_shift', block 'p': input entry 2"):
+        shift.loss(theta, {**ok, "p": np.array([0.2, 0.3, 0.9])})
+    with pytest.raises(ValueError, match="norm_scale.*d_out=4 does not apply"):
+        gauge("norm_scale", kind="producer", d_out=4)
