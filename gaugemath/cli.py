@@ -1,4 +1,4 @@
-"""The ``gaugemath`` command: ``list``, ``derive NAME``, ``prove [--check]``.
+"""The ``gaugemath`` command: ``list``, ``derive NAME``, ``prove [--check]``, ``codegen [--check]``, ``verify``.
 
 ``gaugemath prove`` proves every catalogue construction, writes one certificate per name
 into ``proofs/`` and prints a table; ``--check`` writes nothing and exits 1 if any
@@ -88,6 +88,34 @@ def _cmd_prove(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_codegen(args) -> int:
+    from .codegen import generate
+
+    t0 = time.perf_counter()
+    stale = generate(args.backends, check=args.check)
+    wall = time.perf_counter() - t0
+    if args.check:
+        for path in stale:
+            print(f"stale or missing generated file: {path} (run `gaugemath codegen`)", file=sys.stderr)
+        if not stale:
+            print(f"generated backend code is up to date ({wall:.1f} s)")
+        return 1 if stale else 0
+    print(f"wrote {len(stale)} file(s) ({', '.join(stale) or 'all up to date'}) in {wall:.1f} s")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify import verify
+
+    try:
+        ok = verify(args.backend, args.dtype, args.steps, names=args.names or None, control=not args.no_control,
+                    vertical=args.vertical)
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gaugemath", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_DIR), help="certificate folder (default: proofs)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: CPU count)")
     p.set_defaults(run=_cmd_prove)
+    p = sub.add_parser("codegen", help="generate backend code from the derived formulas")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if a generated file is stale")
+    p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch"], help="(default: torch)")
+    p.set_defaults(run=_cmd_codegen)
+    p = sub.add_parser("verify", help="equivariance protocol (ddc.md §3) on a backend's DDCAdam")
+    p.add_argument("names", nargs="*", help="constructions (default: all)")
+    p.add_argument("--backend", default="torch", choices=["torch"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"])
+    p.add_argument("--no-control", action="store_true", help="skip the AdamW negative control")
+    p.set_defaults(run=_cmd_verify)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,314 @@
+"""``DDCAdam``: AdamW lifted to a gauge-equivariant optimizer (``../shared/spec/ddc.md`` §3).
+
+One step on the gauge-bound tensors, all in the work dtype (fp32 for bf16 parameters):
+
+1. ``θ̃ = h(θ)·θ`` and ``g̃ = D(h)^{-T} g``, family by family in binding order (the composed
+   canonical frame proved in ``proofs/transformer_block.md``).
+2. ``Γ`` at ``θ̃`` is factored once; ``c_g = Γ⁻¹Xᵀg̃``, ``g̃_H = g̃ − X c_g``. A vertical
+   coordinate ``(Xᵀg̃)_k`` below its noise floor (``vertical_rtol``) is set to exactly zero: for a
+   gauge-invariant loss it *is* zero, and subtracting round-off ``X c`` would put noise on
+   coordinates whose gradient is exactly zero, which Adam then normalises into unit steps.
+3. Adam moments of ``g̃_H`` are kept per coordinate in the canonical frame (they are invariant);
+   ``u = m̂ / (√v̂ + ε)``.
+4. ``Δθ̃ = −lr [P_H u + λ P_H θ̃ + X a]`` with the vertical coefficients ``a``:
+   ``freeze`` (default): ``a = 0``; ``sgd``: ``a = c_g + λ c_θ``; ``adam``: scalar Adam moments
+   per orbit coordinate on ``ĉ = c_g ‖X_k‖`` (normalised generators), ``a = m̂/(√v̂ + ε_V)/‖X_k‖ + λ c_θ``.
+5. ``θ ← h(θ)⁻¹·(θ̃ + Δθ̃)`` (inverse frames in reverse order).
+
+If ``θ_B = g·θ_A`` and ``g_B = D(g)^{-T} g_A`` then ``θ̃_B = θ̃_A`` and ``g̃_B = g̃_A``: the whole
+canonical step is identical and ``θ_B' = g·θ_A'`` (exact equivariance up to round-off).
+
+Vertical ``adam`` normalises whatever reaches the vertical channel. For a gauge-invariant loss
+that is round-off (the pitfall measured in ddc.md §3), so it is opt-in and ``freeze`` is the
+default; ``vertical_eps`` sets the floor of its denominator.
+
+Tensors bound to no gauge take exactly ``torch.optim.AdamW``'s update (same formula, same
+operation order), so ``DDCAdam`` with an empty binding *is* AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from gaugemath.errors import GaugeError
+
+from .binding import Binding, reindexed
+from .projection import Projector
+
+VERTICAL = ("freeze", "sgd", "adam")
+NONFINITE = ("raise", "skip")
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+class DDCAdam(torch.optim.Optimizer):
+    """Dead-Direction Conditioner on an AdamW base.
+
+    Args:
+        params: parameters or param groups (as for ``torch.optim.AdamW``).
+        binding: a :class:`~gaugemath.backends.torch.Binding` from :func:`bind`; ``None`` binds
+            nothing (then this is AdamW).
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled decay, here applied in
+            the canonical frame for bound tensors).
+        vertical: ``"freeze"`` | ``"sgd"`` | ``"adam"`` (what the orbit directions do).
+        vertical_eps: denominator floor of the vertical Adam channel (default: ``eps``).
+        vertical_rtol: a vertical gradient coordinate ``(Xᵀg̃)_k`` below ``vertical_rtol · (|X|ᵀ|g̃|)_k``
+            is treated as exactly zero (default ``√ε`` of the parameter dtype: the resolution of a
+            backward pass; ``0`` keeps only the dot-product rounding bound).
+        canonical_dtype: dtype of the canonical-frame computation (frames, ``θ̃``, ``g̃``,
+            projections, mapping back); Adam moments stay in the parameter dtype (fp32 for bf16).
+            Default ``torch.float64``: a rotation mixes coordinates of very different size, and in
+            fp32 the small ones inherit the rounding of the large ones, which Adam's
+            per-coordinate normalisation then amplifies (measured: 1.1e-6 vs 2.5e-7 deviation over
+            50 fp32 steps, see docs/backends/torch.md).
+        nonfinite: what a step with a non-finite gradient does: ``"raise"`` (default) a
+            :class:`~gaugemath.GaugeError` naming the parameter and gauge, or ``"skip"`` the step,
+            leaving parameters and state untouched. Either way the check is one host sync per
+            step (one fused all-finite reduction); it is the only sync in ``step`` except the
+            degenerate-orbit check of ``"raise"`` on bound tensors.
+    """
+
+    def __init__(self, params: Iterable, binding: Binding | None = None, lr: float | Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 vertical: str = "freeze", vertical_eps: float | None = None, vertical_rtol: float | None = None,
+                 nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None):
+        if vertical not in VERTICAL:
+            raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite={nonfinite!r}: choose from {NONFINITE}")
+        if not 0.0 <= float(lr):
+            raise ValueError(f"invalid learning rate {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {betas}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, vertical=vertical,
+                        vertical_eps=eps if vertical_eps is None else vertical_eps, vertical_rtol=vertical_rtol)
+        super().__init__(params, defaults)
+        self.binding = binding if binding is not None else Binding([], [])
+        self.nonfinite = nonfinite
+        if canonical_dtype not in (None, torch.float32, torch.float64):
+            raise TypeError(f"canonical_dtype={canonical_dtype}: choose torch.float32 or torch.float64")
+        self.canonical_dtype = canonical_dtype
+        self._plans = self._plan()
+
+    # ------------------------------------------------------------------ structure
+    def _plan(self) -> list[dict]:
+        """Per param group: free params, bound params (binding order) and the projector."""
+        where = {id(p): gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
+        names = {id(p): n for n, p in self.binding.params}
+        for n, p in self.binding.params:
+            if id(p) not in where:
+                raise GaugeError(self.binding.gauge_of(p), n, "is bound to a gauge but not given to the optimizer")
+        plans = []
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.dtype not in DTYPES:
+                    raise TypeError(f"parameter {names.get(id(p), '<unnamed>')} has dtype {p.dtype}; "
+                                    f"DDCAdam supports {[str(d) for d in DTYPES]}")
+            bound = [p for _, p in self.binding.params if where[id(p)] == gi]
+            bound_ids = {id(p) for p in bound}
+            fams = [f for f in self.binding.families if all(where[id(self.binding.params[i][1])] == gi
+                                                            for _, i in f.members())]
+            if bound and len(fams) != len([f for f in self.binding.families
+                                           if any(where[id(self.binding.params[i][1])] == gi for _, i in f.members())]):
+                f = next(f for f in self.binding.families if len({where[id(self.binding.params[i][1])]
+                                                                  for _, i in f.members()}) > 1)
+                raise GaugeError(f.family.gauge, f.name, "the tensors of one gauge must be in one param group")
+            local = {id(p): k for k, p in enumerate(bound)}
+            families = [reindexed(f, {i: local[id(self.binding.params[i][1])] for _, i in f.members()}) for f in fams]
+            devices = {p.device for p in bound}
+            if len(devices) > 1:
+                raise GaugeError(fams[0].family.gauge, fams[0].name, f"bound tensors on several devices {devices}")
+            plans.append({
+                "free": [p for p in group["params"] if id(p) not in bound_ids],
+                "bound": bound,
+                "names": [names[id(p)] for p in bound],
+                "families": families,
+                "projector": Projector(families, [names[id(p)] for p in bound]) if families else None,
+            })
+        return plans
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_plans"):
+            self._plans = self._plan()
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None):
+        """One update of every param group; returns ``closure()``'s loss when given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, plan in zip(self.param_groups, self._plans):
+            if not self._check_grads(group, plan):
+                continue  # nonfinite="skip": parameters and state untouched
+            self._adamw(group, [p for p in plan["free"] if p.grad is not None])
+            if plan["bound"]:
+                self._ddc(group, plan)
+        return loss
+
+    def _check_grads(self, group: dict, plan: dict) -> bool:
+        """Shapes, dtypes, sparsity; then one host sync: are all gradients finite?"""
+        names = dict(zip(map(id, plan["bound"]), plan["names"]))
+
+        def who(p):
+            return (self.binding.gauge_of(p) if id(p) in names else "none"), names.get(id(p), "<unbound>")
+
+        grads = []
+        for p in group["params"]:
+            if p.grad is None:
+                if id(p) in names:
+                    raise GaugeError(*who(p), "has no gradient; every tensor of a bound gauge needs one")
+                continue
+            if p.grad.is_sparse:
+                raise GaugeError(*who(p), "sparse gradients are not supported by DDCAdam")
+            st = self.state[p]
+            if "shape" in st and tuple(st["shape"].tolist()) != tuple(p.shape):
+                raise GaugeError(*who(p), f"shape changed between steps: {tuple(st['shape'].tolist())} -> "
+                                 f"{tuple(p.shape)}")
+            if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
+                raise GaugeError(*who(p), f"gradient {tuple(p.grad.shape)}/{p.grad.dtype} does not match the "
+                                 f"parameter {tuple(p.shape)}/{p.dtype}")
+            grads.append(p.grad)
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        bad = next(p for p in group["params"] if p.grad is not None and not torch.isfinite(p.grad).all())
+        raise GaugeError(*who(bad), "non-finite gradient (nonfinite='raise'; use 'skip' to skip such steps)")
+
+    def _state(self, p: Tensor, work: torch.dtype) -> dict:
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.tensor(0.0)
+            st["exp_avg"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
+            st["shape"] = torch.tensor(list(p.shape))
+        return st
+
+    def _adamw(self, group: dict, params: list[Tensor]) -> None:
+        """``torch.optim.AdamW``'s foreach update, operation for operation (bf16: fp32 state)."""
+        if not params:
+            return
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        by_step: dict[tuple, list] = {}
+        for p in params:
+            work = torch.float32 if p.dtype == torch.bfloat16 else p.dtype
+            st = self._state(p, work)
+            st["step"] += 1
+            by_step.setdefault((float(st["step"]), work, p.dtype), []).append((p, st))
+        for (step, work, dtype), items in by_step.items():
+            ps = [p for p, _ in items]
+            theta = [p.detach() for p in ps] if work == dtype else [p.detach().to(work) for p in ps]
+            grads = [p.grad if work == dtype else p.grad.to(work) for p in ps]
+            m = [st["exp_avg"] for _, st in items]
+            v = [st["exp_avg_sq"] for _, st in items]
+            torch._foreach_mul_(theta, 1 - lr * wd)
+            torch._foreach_lerp_(m, grads, 1 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, grads, grads, 1 - b2)
+            bc1, bc2 = 1 - b1**step, 1 - b2**step
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, bc2**0.5)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(theta, m, denom, (lr / bc1) * -1)
+            if work != dtype:
+                for p, t in zip(ps, theta):
+                    p.copy_(t)
+
+    def _ddc(self, group: dict, plan: dict) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        vertical, veps = group["vertical"], group["vertical_eps"]
+        params, fams, proj = plan["bound"], plan["families"], plan["projector"]
+        sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
+        work = self.canonical_dtype or torch.float64
+        states = [self._state(p, sdtype) for p in params]
+        theta = [p.detach().to(work).clone() for p in params]
+        grad = [p.grad.to(work).clone() for p in params]
+        frames = []
+        for fam in fams:  # 1. canonical coordinates, covector rule
+            h = fam.frame(theta)
+            fam.act(h, theta)
+            fam.act(h, grad, covector=True)
+            frames.append(h)
+        fact = proj.factor(theta)  # 2. split
+        rtol = group["vertical_rtol"]
+        rtol = torch.finfo(params[0].dtype).eps ** 0.5 if rtol is None else rtol  # the gradient's resolution
+        rhs_g = []
+        for fam in fams:  # vertical coordinates of g̃; round-off is not a signal (exact zero)
+            c = fam.coords(theta, grad)
+            rhs_g.append(torch.where(c.abs() <= fam.noise_floor(theta, grad, rtol), 0.0, c))
+        coef_g = proj.solve(fact, _stack(rhs_g))
+        grad_h = [g.clone() for g in grad]
+        for fam, c in zip(fams, coef_g):
+            fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
+        for st in states:  # 3. Adam in the canonical frame
+            st["step"] += 1
+        step = float(states[0]["step"])
+        bc1, bc2 = 1 - b1**step, 1 - b2**step
+        u = []
+        for st, g in zip(states, grad_h):
+            g = g.to(sdtype)
+            st["exp_avg"].lerp_(g, 1 - b1)
+            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            u.append(((st["exp_avg"] / bc1) / ((st["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(eps))).to(work))
+        # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
+        rhs = _stack([fam.coords(theta, u) for fam in fams], [fam.coords(theta, theta) for fam in fams])
+        coef = proj.solve(fact, rhs)
+        delta = [x + wd * t for x, t in zip(u, theta)]
+        for f, fam in enumerate(fams):
+            a = -(coef[f][..., 0] + wd * coef[f][..., 1])  # −(c_u + λ c_θ): makes u + λθ̃ horizontal
+            if vertical == "sgd":
+                a = a + coef_g[f][..., 0] + wd * coef[f][..., 1]
+            elif vertical == "adam":
+                a = a + self._vertical_adam(states[0], f, fam, coef_g[f][..., 0], fact, b1, b2, bc1, bc2, veps)
+                a = a + wd * coef[f][..., 1]
+            fam.lift(a, theta, delta)
+        for t, d in zip(theta, delta):  # 5. step and map back
+            t.add_(d, alpha=-lr)
+        for fam, h in zip(reversed(fams), reversed(frames)):
+            fam.act(h, theta, inverse=True)
+        if self.nonfinite == "raise":
+            self._check_update(theta, plan)
+        for p, t in zip(params, theta):
+            p.copy_(t)
+
+    def _vertical_adam(self, st0: dict, f: int, fam, c: Tensor, fact, b1, b2, bc1, bc2, veps) -> Tensor:
+        """Scalar Adam per orbit coordinate on normalised generators; returns coefficients on ``X``."""
+        if fam.kind == "head":
+            lam = fact["grams"][f].diagonal(dim1=1, dim2=2)
+            norm = torch.sqrt(lam[:, :, None] + lam[:, None, :])  # ‖(E_ab − E_ba)Θ‖
+            norm = norm + torch.eye(norm.shape[-1], dtype=norm.dtype, device=norm.device)
+        else:
+            norm = fact["grams"][f].sqrt()
+        key = f"vertical.{f}"
+        if f"{key}.exp_avg" not in st0:
+            st0[f"{key}.exp_avg"] = torch.zeros_like(c)
+            st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c)
+        m, v = st0[f"{key}.exp_avg"], st0[f"{key}.exp_avg_sq"]
+        chat = c * norm
+        m.lerp_(chat, 1 - b1)
+        v.mul_(b2).addcmul_(chat, chat, value=1 - b2)
+        return (m / bc1) / ((v.sqrt() / math.sqrt(bc2)).add_(veps)) / norm
+
+    def _check_update(self, theta: list[Tensor], plan: dict) -> None:
+        if bool(torch.stack([torch.isfinite(t).all() for t in theta]).all()):
+            return
+        for fam in plan["families"]:
+            if fam.kind != "head":
+                gram = fam.gram([p.detach().to(theta[0].dtype) for p in plan["bound"]])
+                if not bool((gram > 0).all()):
+                    k = int(torch.nonzero(gram <= 0)[0, 0])
+                    raise GaugeError(fam.family.gauge, fam.name, f"degenerate orbit at unit {k} (zero-norm slices): "
+                                     "the frame and projector are undefined there")
+        bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
+        raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (degenerate orbit or overflow)")
+
+
+def _stack(*columns: list[Tensor]) -> list[Tensor]:
+    """Per family, stack right-hand sides along a new last axis."""
+    return [torch.stack(parts, dim=-1) for parts in zip(*columns)]

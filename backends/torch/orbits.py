@@ -1,0 +1,276 @@
+"""Orbit families bound to tensors: frames, group action, covector rule, vertical coordinates.
+
+A :class:`BoundFamily` is a generated :class:`~gaugemath.backends._family.Family` whose roles are
+bound to tensors (by index into a list of work buffers). It evaluates the generated formulas
+on per-unit statistics and does the tensor plumbing the formulas leave open: reductions over a
+slice, broadcasting a per-unit scalar over its slice, rotating a pair of rows.
+
+Shapes. A ``rows`` slice of a ``(n, m)`` (or ``(n,)``) tensor is row ``k``; a ``cols`` slice of an
+``(m, n)`` tensor is column ``k``; ``all`` is the whole tensor (one unit). A ``plane`` family
+pairs rows ``(2k, 2k+1)``; a ``head`` family owns rows ``h·d_head … (h+1)·d_head - 1``.
+Per-unit coefficient vectors have shape ``(units,)``; for heads, skew ``(heads, d_head, d_head)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._family import Family, Slice
+
+_ENTRY = re.compile(r"^(?P<role>.+)_r(?P<r>[01])_c(?P<c>\d+)$")
+
+
+def _reduce(t: Tensor, axis: str) -> Tensor:
+    """Per-unit sum over the slice: ``(units,)``."""
+    if axis == "rows":
+        return t.reshape(t.shape[0], -1).sum(1)
+    if axis == "cols":
+        return t.sum(0)
+    return t.sum().reshape(1)
+
+
+def _bcast(v: Tensor, t: Tensor, axis: str) -> Tensor:
+    """Per-unit ``v`` shaped to broadcast against ``t`` over the slices."""
+    if axis == "rows":
+        return v.reshape(-1, *([1] * (t.dim() - 1)))
+    if axis == "cols":
+        return v.reshape(1, -1)
+    return v.reshape(())
+
+
+def _slice_len(t: Tensor, axis: str) -> int:
+    if axis == "rows":
+        return t.numel() // t.shape[0]
+    if axis == "cols":
+        return t.shape[0]
+    return t.numel()
+
+
+def _units(t: Tensor, axis: str) -> int:
+    return t.shape[0] if axis == "rows" else t.shape[1] if axis == "cols" else 1
+
+
+def _pairs(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``2k`` and ``2k+1``: two ``(planes, cols)`` views."""
+    v = t.reshape(t.shape[0] // 2, 2, -1)
+    return v[:, 0], v[:, 1]
+
+
+@dataclass
+class BoundFamily:
+    """A generated family with its roles bound to tensor indices.
+
+    ``roles[role]`` lists indices into the optimizer's bound-tensor list; ``name`` is for
+    messages (e.g. ``"blocks.0.mlp: swiglu_rescale.anchor"``); ``d_head`` for head families.
+    """
+
+    family: Family
+    name: str
+    roles: dict[str, list[int]]
+    units: int
+    d_head: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.family.kind
+
+    def members(self) -> list[tuple[Slice, int]]:
+        return [(s, i) for s in self.family.slices for i in self.roles.get(s.role, [])]
+
+    # ---------------------------------------------------------------- statistics
+    def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name in names:
+            m = _ENTRY.match(name)
+            if m and m.group("role") in self.roles:
+                out[name] = self._anchor_entries(theta[self.roles[m.group("role")][0]], int(m.group("c")))[
+                    int(m.group("r"))]
+                continue
+            prefix, role = name.split("_", 1)
+            s, idx = self.family.slice(role), self.roles[role]
+            total = None
+            for i in idx:
+                t = theta[i]
+                if prefix == "sq":
+                    v = _pair_sum(t * t) if self.kind == "plane" else _reduce(t * t, s.axis)
+                elif prefix in ("mean", "n"):
+                    v = (_reduce(t, s.axis) if prefix == "mean" else
+                         t.new_full((_units(t, s.axis),), float(_slice_len(t, s.axis))))
+                elif prefix == "dot":
+                    v = _reduce(t * u[i], s.axis)
+                elif prefix == "usum":
+                    v = _reduce(u[i], s.axis)
+                elif prefix == "cross":
+                    a0, a1 = _pairs(t)
+                    b0, b1 = _pairs(u[i])
+                    v = (a0 * b1 - a1 * b0).sum(1)
+                else:  # pragma: no cover - generated names are fixed
+                    raise KeyError(name)
+                total = v if total is None else total + v
+            out[name] = total
+        if any(n.startswith("mean_") for n in names):  # mean = Σ / n over all tensors of the role
+            for name in names:
+                if name.startswith("mean_"):
+                    role = name[5:]
+                    s = self.family.slice(role)
+                    n = sum(_slice_len(theta[i], s.axis) for i in self.roles[role])
+                    out[name] = out[name] / n
+        return out
+
+    @staticmethod
+    def _anchor_entries(t: Tensor, c: int) -> tuple[Tensor, Tensor]:
+        """Entries ``(t[2k, j_k], t[2k+1, j_k])`` of the plane's anchor column ``j_k``.
+
+        The derived plane frame reads column ``c = 0`` of the plane rows; any column works (the
+        proof is the same with the columns relabelled), and the column of largest plane norm is a
+        rotation-invariant choice that keeps the angle well conditioned. ``c`` counts columns in
+        that order (``0``: the largest).
+        """
+        r0, r1 = _pairs(t)
+        order = torch.argsort(r0 * r0 + r1 * r1, dim=1, descending=True, stable=True)
+        j = order[:, c : c + 1]
+        return torch.gather(r0, 1, j)[:, 0], torch.gather(r1, 1, j)[:, 0]
+
+    # ---------------------------------------------------------------- frame and action
+    def frame(self, theta: list[Tensor]):
+        """``h(θ)``: per-unit scale ``α``, translation ``v``, plane ``(c, s)`` or head matrices."""
+        if self.kind == "head":
+            return self._head_frame(theta)
+        f = self.family.frame
+        return f(**self._stats(self.family.stats["frame"], theta))
+
+    def act(self, h, ts: list[Tensor], inverse: bool = False, covector: bool = False) -> None:
+        """In place: ``t ← h·t`` (``inverse``: ``h⁻¹·t``; ``covector``: ``D(h)^{-T} t``)."""
+        for s, i in self.members():
+            t = ts[i]
+            if self.kind == "scale":
+                e = s.exponent * (-1 if inverse else 1) * (-1 if covector else 1)
+                t.mul_(_bcast(h if e > 0 else 1 / h, t, s.axis))
+            elif self.kind == "translate":
+                if not covector:  # D(h) = I for a translation
+                    t.add_(_bcast(-h if inverse else h, t, s.axis))
+            elif self.kind == "plane":  # orthogonal: D^{-T} = D
+                c, sn = h
+                sn = -sn if inverse else sn
+                r0, r1 = _pairs(t)
+                a0, a1 = r0.clone(), r1.clone()
+                r0.copy_(c[:, None] * a0 + sn[:, None] * a1)
+                r1.copy_(c[:, None] * a1 - sn[:, None] * a0)
+            else:  # head: rows of head j ← h_j · rows (h orthogonal)
+                v = t.reshape(self.units, self.d_head, -1)
+                m = h.transpose(1, 2) if inverse else h
+                v.copy_(torch.bmm(m, v))
+
+    def _head_frame(self, theta: list[Tensor]) -> Tensor:
+        """Gram–Schmidt frame per head with invariant column pivoting: ``h = Qᵀ`` where
+        ``A_π = QR`` (``diag R > 0``), ``A = [W_Q | W_K]`` (head rows) and ``π`` picks, at each step,
+        the column of largest residual norm.
+
+        For a fixed ``π`` this is the frame ``gaugemath.catalogue`` derives and proves
+        (``h(S·θ) = h(θ)S⁻¹``); residual norms are rotation-invariant, so runs A and B pick the
+        same ``π`` and the frame stays equivariant, while pivoting keeps it well conditioned (the
+        first ``d_head`` columns alone can be nearly dependent).
+        """
+        a = torch.cat([theta[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)
+        res = a.clone()  # (heads, d, cols)
+        qs = []
+        for _ in range(self.d_head):
+            norms = (res * res).sum(1)  # (heads, cols)
+            j = norms.argmax(1)
+            col = torch.gather(res, 2, j[:, None, None].expand(-1, self.d_head, 1))[:, :, 0]
+            q = col / torch.linalg.vector_norm(col, dim=1, keepdim=True)
+            for prev in qs:  # re-orthogonalise (twice is enough)
+                q = q - prev * (prev * q).sum(1, keepdim=True)
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
+            qs.append(q)
+            res = res - q[:, :, None] * (q[:, :, None] * res).sum(1, keepdim=True)
+        return torch.stack(qs, dim=1)  # rows are q_i: h = Qᵀ
+
+    # ---------------------------------------------------------------- vertical directions
+    def gram(self, theta: list[Tensor]) -> Tensor:
+        """``Γ_kk = ‖X_k(θ)‖²`` (``(units,)``); for heads ``M = ΘΘᵀ`` per head ``(heads, d, d)``."""
+        if self.kind == "head":
+            th = self._head_rows(theta)
+            return th @ th.transpose(1, 2)
+        return self.family.gram(**self._stats(self.family.stats["gram"], theta))
+
+    def coords(self, theta: list[Tensor], u: list[Tensor]) -> Tensor:
+        """``⟨X_k(θ), u⟩`` per unit; for heads the skew ``C = UΘᵀ − ΘUᵀ`` per head."""
+        if self.kind == "head":
+            th, uu = self._head_rows(theta), self._head_rows(u)
+            c = uu @ th.transpose(1, 2)
+            return c - c.transpose(1, 2)
+        return self.family.coords(**self._stats(self.family.stats["coords"], theta, u))
+
+    def noise_floor(self, theta: list[Tensor], u: list[Tensor], rtol: float) -> Tensor:
+        """Below this, :meth:`coords` cannot be told from zero: ``max((n + 8) ε, rtol) |X|ᵀ|u|``.
+
+        ``(n + 8) ε |X|ᵀ|u|`` bounds the rounding of the dot product (``γ_n |x|ᵀ|y|``, ``n`` the
+        slice length) and of the canonical coordinates; ``rtol`` (``√ε`` by default in
+        :class:`DDCAdam`) covers the rounding of the backward pass, which no bound here sees. For a
+        gauge-invariant loss the vertical gradient is exactly zero, and what is computed is
+        round-off that must not become a step.
+        """
+        eps = torch.finfo(theta[0].dtype).eps
+        if self.kind == "head":
+            th, uu = self._head_rows(theta).abs(), self._head_rows(u).abs()
+            c = uu @ th.transpose(1, 2)
+            return max((th.shape[-1] + 8) * eps, rtol) * (c + c.transpose(1, 2))
+        total, length = None, 0
+        for s, i in self.members():
+            t, v = theta[i].abs(), u[i].abs()
+            if self.kind == "scale":
+                w = self._coefficient("dot", s.role, t).abs() * _reduce(t * v, s.axis)
+            elif self.kind == "translate":
+                w = self._coefficient("usum", s.role, t).abs() * _reduce(v, s.axis)
+            else:
+                a0, a1 = _pairs(t)
+                b0, b1 = _pairs(v)
+                w = self._coefficient("cross", s.role, t).abs() * (a0 * b1 + a1 * b0).sum(1)
+            length += t.numel() // max(self.units, 1)
+            total = w if total is None else total + w
+        return max((length + 8) * eps, rtol) * total
+
+    def _head_rows(self, ts: list[Tensor]) -> Tensor:
+        return torch.cat([ts[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)
+
+    def _coefficient(self, prefix: str, role: str, like: Tensor) -> Tensor:
+        """Coefficient of the statistic ``prefix_role`` in the generated (linear) ``coords``."""
+        names = self.family.stats["coords"]
+        zero = {n: like.new_zeros(()) for n in names}
+        key = f"{prefix}_{role}"
+        return self.family.coords(**{**zero, key: like.new_ones(())}) if key in names else like.new_zeros(())
+
+    def lift(self, coef: Tensor, theta: list[Tensor], out: list[Tensor], alpha: float = 1.0) -> None:
+        """In place ``out += alpha · Σ_k coef_k X_k(θ)``: the adjoint of :meth:`coords`.
+
+        For heads ``coef`` is the skew ``A`` per head and ``X_A(θ) = AΘ``.
+        """
+        if self.kind == "head":
+            for _, i in self.members():
+                t = theta[i].reshape(self.units, self.d_head, -1)
+                out[i].reshape(self.units, self.d_head, -1).add_(torch.bmm(coef, t), alpha=alpha)
+            return
+        for s, i in self.members():
+            t, o = theta[i], out[i]
+            if self.kind == "scale":
+                w = self._coefficient("dot", s.role, t) * coef
+                o.add_(_bcast(w, t, s.axis) * t, alpha=alpha)
+            elif self.kind == "translate":
+                w = self._coefficient("usum", s.role, t) * coef
+                o.add_(_bcast(w, t, s.axis), alpha=alpha)
+            else:  # plane: ⟨X, u⟩ = Σ θ₀u₁ − θ₁u₀ ⇒ X = (−θ₁, θ₀) on the pair
+                w = (self._coefficient("cross", s.role, t) * coef)[:, None]
+                a0, a1 = _pairs(t)
+                o0, o1 = _pairs(o)
+                o0.add_(-w * a1, alpha=alpha)
+                o1.add_(w * a0, alpha=alpha)
+
+
+def _pair_sum(t: Tensor) -> Tensor:
+    """``Σ`` over rows ``2k, 2k+1`` and all columns: ``(planes,)``."""
+    return t.reshape(t.shape[0] // 2, -1).sum(1)

@@ -1,0 +1,226 @@
+"""The equivariance protocol of ddc.md §3 (paper Fig. 28) on a backend's optimizer.
+
+For each construction: a small model, its binding, a random group element ``g`` of the bound
+gauges (scales ``α ∈ [e^-1.5, e^1.5]``, translations, rotations). Run A trains from ``θ`` on the
+model's own loss gradients ``g_A``; run B starts at ``g·θ`` and receives ``g_B = D(g)^{-T} g_A``.
+The deviation at step ``t`` is ``‖θ_B,t − g·θ_A,t‖ / ‖g·θ_A,t‖`` (Euclidean norm over all bound
+parameters); we report its maximum over the steps. PASS below ``1e-6`` (fp32) / ``1e-12`` (fp64).
+The same run with ``torch.optim.AdamW`` is the negative control and must FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+THRESHOLDS = {"float32": 1e-6, "float64": 1e-12}
+
+
+@dataclass
+class Construction:
+    name: str
+    make: Callable  # () -> (model, specs or None, loss_fn(model, generator) -> loss)
+
+
+def _constructions():
+    import torch
+    from torch import nn
+
+    from gaugemath.backends.torch import GaugeSpec
+    from gaugemath.models import MLP, Attention, SwiGLU, ViT, tiny_gpt
+
+    def regression(model, d_in, d_out):
+        def loss(m, gen):
+            x = torch.randn(16, d_in, generator=gen, dtype=_dtype(m))
+            y = torch.randn(16, d_out, generator=gen, dtype=_dtype(m))
+            return (m(x) - y).pow(2).mean()
+
+        return loss
+
+    def ce_head():
+        model = nn.Linear(6, 5, bias=True)
+
+        def loss(m, gen):
+            x = torch.randn(16, 6, generator=gen, dtype=_dtype(m))
+            y = torch.randint(0, 5, (16,), generator=gen)
+            return nn.functional.cross_entropy(m(x), y)
+
+        return model, [GaugeSpec("ce_shift", {"W": "weight", "b": "bias"}, name="head")], loss
+
+    def relu():
+        return MLP(4, 8, 3), None, regression(None, 4, 3)
+
+    def swiglu():
+        specs = [GaugeSpec("swiglu_rescale.balance", {"W_up": "up.weight", "W_down": "down.weight"}, name="mlp")]
+        return SwiGLU(6, 8), specs, regression(None, 6, 6)
+
+    def norm(kind):
+        def make():
+            layer = nn.LayerNorm(6) if kind == "layernorm" else nn.RMSNorm(6)
+            model = nn.Sequential(layer, nn.Linear(6, 4))
+            roles = {"gain": "0.weight", "W": "1.weight"}
+            if kind == "layernorm":
+                roles["bias"] = "0.bias"
+            return model, [GaugeSpec(f"norm_scale.{kind}", roles, name="norm")], regression(None, 6, 4)
+
+        return make
+
+    def producer():
+        model = nn.Sequential(nn.Linear(3, 6), nn.LayerNorm(6, elementwise_affine=False), nn.Linear(6, 2))
+        specs = [GaugeSpec("norm_scale.producer", {"W_p": "0.weight", "b_p": "0.bias"}, name="producer")]
+        return model, specs, regression(None, 3, 2)
+
+    def attention(rope):
+        def make():
+            model = Attention(8, 2, rope=rope)
+            specs = [GaugeSpec("head_rotation.rope" if rope else "head_rotation.norope",
+                               {"W_Q": "q.weight", "W_K": "k.weight"}, name="attn", d_head=model.d_head)]
+
+            def loss(m, gen):
+                x = torch.randn(2, 5, 8, generator=gen, dtype=_dtype(m))
+                return (m(x) - torch.randn(2, 5, 8, generator=gen, dtype=_dtype(m))).pow(2).mean()
+
+            return model, specs, loss
+
+        return make
+
+    def gpt(norm_kind, mlp):
+        def make():
+            model = tiny_gpt(norm=norm_kind, mlp=mlp)
+
+            def loss(m, gen):
+                idx = torch.randint(0, 11, (4, 8), generator=gen)
+                return m.loss(idx[:, :-1], idx[:, 1:])
+
+            return model, None, loss
+
+        return make
+
+    def vit():
+        model = ViT(image_size=8, patch=4, channels=1, d_model=8, n_layers=1, n_heads=2, d_ff=16, classes=3)
+
+        def loss(m, gen):
+            x = torch.randn(4, 1, 8, 8, generator=gen, dtype=_dtype(m))
+            return nn.functional.cross_entropy(m(x), torch.randint(0, 3, (4,), generator=gen))
+
+        return model, None, loss
+
+    return [
+        Construction("ce_shift", ce_head),
+        Construction("relu_rescale", relu),
+        Construction("swiglu_rescale", swiglu),
+        Construction("norm_scale.layernorm", norm("layernorm")),
+        Construction("norm_scale.rmsnorm", norm("rmsnorm")),
+        Construction("norm_scale.producer", producer),
+        Construction("head_rotation.rope", attention(True)),
+        Construction("head_rotation.norope", attention(False)),
+        Construction("transformer.rmsnorm_swiglu", gpt("rmsnorm", "swiglu")),
+        Construction("transformer.layernorm_relu", gpt("layernorm", "relu")),
+        Construction("vit.layernorm_relu", vit),
+    ]
+
+
+def _dtype(model):
+    return next(model.parameters()).dtype
+
+
+def random_element(binding, gen, dtype):
+    """A random group element, one entry per family, in the form ``BoundFamily.act`` takes."""
+    import torch
+
+    out = []
+    for fam in binding.families:
+        n = fam.units
+        if fam.kind == "scale":
+            out.append(torch.exp(3 * torch.rand(n, generator=gen, dtype=dtype) - 1.5))
+        elif fam.kind == "translate":
+            out.append(torch.randn(n, generator=gen, dtype=dtype))
+        elif fam.kind == "plane":
+            ang = 2 * math.pi * torch.rand(n, generator=gen, dtype=dtype)
+            out.append((torch.cos(ang), torch.sin(ang)))
+        else:
+            q, _ = torch.linalg.qr(torch.randn(n, fam.d_head, fam.d_head, generator=gen, dtype=dtype))
+            out.append(q)
+    return out
+
+
+def _act_all(binding, g, tensors, covector=False):
+    for fam, h in zip(binding.families, g):
+        fam.act(h, tensors, covector=covector)
+
+
+def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype: str = "float32", steps: int = 50,
+                 seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.1, vertical: str = "freeze") -> float:
+    """Max over steps of the relative deviation of run B from ``g·`` run A (see module docstring)."""
+    import copy
+
+    import torch
+
+    from gaugemath.backends.torch import DDCAdam, bind
+
+    torch.manual_seed(seed)
+    tdtype = getattr(torch, dtype)
+    model, specs, loss_fn = construction.make()
+    model = model.to(tdtype)
+    binding = bind(model, specs)
+    model_b = copy.deepcopy(model)
+    binding_b = bind(model_b, specs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    g = random_element(binding, gen, tdtype)
+    with torch.no_grad():
+        _act_all(binding_b, g, [p for _, p in binding_b.params])
+
+    def make_opt(m, b):
+        if optimizer == "adamw":
+            return torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)
+        return DDCAdam(m.parameters(), binding=b, lr=lr, weight_decay=weight_decay, vertical=vertical)
+
+    opt_a, opt_b = make_opt(model, binding), make_opt(model_b, binding_b)
+    data = torch.Generator().manual_seed(seed + 2)
+    worst = 0.0
+    for _ in range(steps):
+        opt_a.zero_grad()
+        loss_fn(model, data).backward()
+        with torch.no_grad():
+            grads = [p.grad.clone() for _, p in binding.params]
+            _act_all(binding, g, grads, covector=True)
+            for (_, p), gr in zip(binding_b.params, grads):
+                p.grad = gr
+        free_a = [p for p in model.parameters() if all(p is not q for _, q in binding.params)]
+        free_b = [p for p in model_b.parameters() if all(p is not q for _, q in binding_b.params)]
+        for pa, pb in zip(free_a, free_b):
+            pb.grad = pa.grad.clone()
+        opt_a.step()
+        opt_b.step()
+        with torch.no_grad():
+            image = [p.detach().clone() for _, p in binding.params]
+            _act_all(binding, g, image)
+            num = sum(float((p.detach() - q).pow(2).sum()) for (_, p), q in zip(binding_b.params, image))
+            den = sum(float(q.pow(2).sum()) for q in image)
+            worst = max(worst, math.sqrt(num / den))
+    return worst
+
+
+def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, names=None, control: bool = True,
+           vertical: str = "freeze", out=print) -> bool:
+    """Print ``<name> <max_rel_dev> <PASS|FAIL>`` per construction (and the AdamW control)."""
+    if backend != "torch":
+        raise ValueError(f"backend {backend!r} is not available yet (torch only)")
+    if dtype not in THRESHOLDS:
+        raise ValueError(f"dtype {dtype!r}: choose from {sorted(THRESHOLDS)}")
+    tol = THRESHOLDS[dtype]
+    ok = True
+    for c in _constructions():
+        if names and c.name not in names:
+            continue
+        dev = run_protocol(c, "ddc_adam", dtype, steps, vertical=vertical)
+        passed = dev < tol
+        ok &= passed
+        out(f"{c.name} {dev:.3e} {'PASS' if passed else 'FAIL'}")
+        if control:
+            dev = run_protocol(c, "adamw", dtype, steps)
+            failed = dev >= tol
+            ok &= failed
+            out(f"adamw:{c.name} {dev:.3e} {'FAIL (expected)' if failed else 'PASS (control should fail!)'}")
+    return ok
