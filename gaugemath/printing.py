@@ -40,7 +40,7 @@ class ArrayPrinter(StrPrinter):
         return name
 
     def _print_Rational(self, expr: sp.Rational) -> str:
-        return f"({expr.p}/{expr.q})"
+        return f"-({-expr.p}/{expr.q})" if expr.p < 0 else f"({expr.p}/{expr.q})"
 
     def _print_Half(self, expr) -> str:
         return "(1/2)"

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from gaugemath.cli import main
 
 
@@ -45,3 +47,25 @@ def test_prove_writes_certificates_and_check_detects_staleness(tmp_path, capsys)
 def test_module_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "gaugemath", "list"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "head_rotation" in r.stdout
+
+
+def test_codegen_check_passes_and_detects_a_stale_file(tmp_path, monkeypatch, capsys):
+    from gaugemath import codegen
+
+    assert main(["codegen", "--check"]) == 0
+    stale = tmp_path / "_generated.py"
+    stale.write_text(codegen.BACKENDS["torch"].read_text().replace("sq_W_out", "sq_W_in", 1))
+    monkeypatch.setitem(codegen.BACKENDS, "torch", stale)
+    monkeypatch.setattr(codegen, "ROOT", tmp_path)
+    assert main(["codegen", "--check"]) == 1
+    assert "stale or missing generated file" in capsys.readouterr().err
+
+
+def test_verify_prints_one_line_per_construction_and_the_control(capsys):
+    pytest.importorskip("torch")
+    assert main(["verify", "--dtype", "float64", "--steps", "5", "relu_rescale", "head_rotation.rope"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["relu_rescale", "adamw:relu_rescale", "head_rotation.rope",
+                                              "adamw:head_rotation.rope"]
+    assert lines[0].endswith("PASS") and lines[1].endswith("FAIL (expected)")
+    assert float(lines[0].split()[1]) < 1e-12

@@ -166,7 +166,7 @@ class DDCAdam(torch.optim.Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise GaugeError(*who(p), "sparse gradients are not supported by DDCAdam")
-            st = self.state[p]
+            st = self.state.get(p, {})
             if "shape" in st and tuple(st["shape"].tolist()) != tuple(p.shape):
                 raise GaugeError(*who(p), f"shape changed between steps: {tuple(st['shape'].tolist())} -> "
                                  f"{tuple(p.shape)}")
@@ -273,7 +273,7 @@ class DDCAdam(torch.optim.Optimizer):
         for fam, h in zip(reversed(fams), reversed(frames)):
             fam.act(h, theta, inverse=True)
         if self.nonfinite == "raise":
-            self._check_update(theta, plan)
+            self._check_update(theta, plan, frames)
         for p, t in zip(params, theta):
             p.copy_(t)
 
@@ -286,27 +286,34 @@ class DDCAdam(torch.optim.Optimizer):
         else:
             norm = fact["grams"][f].sqrt()
         key = f"vertical.{f}"
+        sdtype = st0["exp_avg"].dtype  # moments in the state dtype, like the per-coordinate ones
         if f"{key}.exp_avg" not in st0:
-            st0[f"{key}.exp_avg"] = torch.zeros_like(c)
-            st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c)
+            st0[f"{key}.exp_avg"] = torch.zeros_like(c, dtype=sdtype)
+            st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c, dtype=sdtype)
         m, v = st0[f"{key}.exp_avg"], st0[f"{key}.exp_avg_sq"]
-        chat = c * norm
+        chat = (c * norm).to(sdtype)
         m.lerp_(chat, 1 - b1)
         v.mul_(b2).addcmul_(chat, chat, value=1 - b2)
-        return (m / bc1) / ((v.sqrt() / math.sqrt(bc2)).add_(veps)) / norm
+        return ((m / bc1) / ((v.sqrt() / math.sqrt(bc2)).add_(veps))).to(c.dtype) / norm
 
-    def _check_update(self, theta: list[Tensor], plan: dict) -> None:
+    def _check_update(self, theta: list[Tensor], plan: dict, frames: list) -> None:
+        """One host sync: is the update finite? If not, name the family whose frame broke."""
         if bool(torch.stack([torch.isfinite(t).all() for t in theta]).all()):
             return
-        for fam in plan["families"]:
-            if fam.kind != "head":
-                gram = fam.gram([p.detach().to(theta[0].dtype) for p in plan["bound"]])
-                if not bool((gram > 0).all()):
-                    k = int(torch.nonzero(gram <= 0)[0, 0])
-                    raise GaugeError(fam.family.gauge, fam.name, f"degenerate orbit at unit {k} (zero-norm slices): "
-                                     "the frame and projector are undefined there")
+        for fam, h in zip(plan["families"], frames):
+            parts = h if isinstance(h, tuple) else (h,)
+            bad = torch.zeros(fam.units, dtype=torch.bool, device=theta[0].device)
+            for part in parts:
+                v = part.reshape(fam.units, -1)
+                bad |= ~torch.isfinite(v).all(1)
+                if fam.kind == "scale":
+                    bad |= (v == 0).any(1)
+            if bool(bad.any()):
+                k = int(torch.nonzero(bad)[0, 0])
+                raise GaugeError(fam.family.gauge, fam.name, f"degenerate orbit at unit {k} (zero-norm slices): "
+                                 "the canonical frame is undefined there")
         bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
-        raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (degenerate orbit or overflow)")
+        raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (overflow)")
 
 
 def _stack(*columns: list[Tensor]) -> list[Tensor]:
