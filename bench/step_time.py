@@ -1,0 +1,255 @@
+"""Benchmark: wall time of one optimizer step, ``DDCAdam`` vs ``torch.optim.AdamW`` (foreach and fused).
+
+    python bench/step_time.py [--device cpu|cuda] [--model cpu|gpt2|tiny] [--steps N] [--warmup N]
+                              [--dtype float32|bfloat16] [--canonical-dtype float32|float64] [--profile]
+                              [--batch B] [--seq T] [--threads N] [--max-seconds S]
+
+What is measured: ``optimizer.step()`` only. The model (``gpt_small_cpu()`` on CPU, ``gpt2_small()``
+on CUDA by default; ``torch.manual_seed(0)``) is built once, one batch of random token ids
+(8×64 on CPU, 8×512 on CUDA) is run forward and backward once, and the gradients are kept in
+place. Each optimizer gets its own deep copy of the model with the same ``.grad`` copied in, so
+steps of one optimizer never touch another's parameters:
+
+* ``AdamW(foreach)``: ``torch.optim.AdamW(foreach=True)``;
+* ``AdamW(fused)``: ``torch.optim.AdamW(fused=True)``, skipped (reported unavailable) where it
+  does not construct or step on the device/dtype;
+* ``DDCAdam``: ``gaugemath.backends.torch.DDCAdam`` with ``binding=bind(model_copy)``.
+
+All use ``lr=1e-4``, ``weight_decay=0.1``, default betas/eps. After ``--warmup`` steps (state
+allocated, caches warm), ``--steps`` steps are timed one by one with ``time.perf_counter``
+(``torch.cuda.synchronize()`` before and after each step on CUDA; an optimizer's timing stops early
+after ``--max-seconds`` of timed steps, at least 3). Reported: the median ms/step,
+the interquartile range, and the median ratios against the two AdamW variants. The last line,
+``ratio DDCAdam/AdamW(fused) = x.xx`` (``AdamW(foreach)`` when fused is unavailable), is meant for
+``grep``. ``--profile`` additionally runs ``torch.profiler`` over 5 ``DDCAdam`` steps and prints
+the top operators by self time.
+
+CPU timings are sensitive to other load on the machine: with torch's intra-op threads competing
+for cores, a step can slow down by an order of magnitude. The header prints the load average;
+compare runs only on an otherwise idle machine (or pin ``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from gaugemath.backends.torch import DDCAdam, bind
+from torch import nn
+
+from gaugemath.models import gpt2_small, gpt_small_cpu, tiny_gpt
+
+LR = 1e-4
+WEIGHT_DECAY = 0.1
+MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "cpu": ("gpt_small_cpu", gpt_small_cpu),
+    "gpt2": ("gpt2_small", gpt2_small),
+    "tiny": ("tiny_gpt", tiny_gpt),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class Result:
+    """Timings of one optimizer (``times_ms`` empty when it was unavailable)."""
+
+    name: str
+    times_ms: list[float]
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        if len(self.times_ms) < 2:
+            return self.median, self.median
+        q1, _, q3 = statistics.quantiles(self.times_ms, n=4, method="inclusive")
+        return q1, q3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model", choices=tuple(MODELS), default=None,
+                    help="default: cpu (gpt_small_cpu) on CPU, gpt2 (gpt2_small) on CUDA")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CPU, 100 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter dtype")
+    ap.add_argument("--canonical-dtype", choices=("float32", "float64"), default=None,
+                    help="DDCAdam canonical_dtype (default: the library's, float64)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=None, help="sequence length (default: 64 on CPU, 512 on CUDA)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
+    ap.add_argument("--max-seconds", type=float, default=60.0,
+                    help="stop timing one optimizer after this many seconds (at least 3 timed steps; default 60)")
+    ap.add_argument("--profile", action="store_true", help="profile 5 DDCAdam steps and print the top operators")
+    args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.model = args.model or ("gpt2" if cuda else "cpu")
+    args.steps = args.steps if args.steps is not None else (100 if cuda else 20)
+    args.seq = args.seq if args.seq is not None else (512 if cuda else 64)
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    return f"{cpu} ({platform.machine()}), {torch.get_num_threads()} threads, {os.cpu_count()} cores{load}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepared_model(args: argparse.Namespace, device: torch.device) -> tuple[str, nn.Module]:
+    """The model with ``.grad`` set from one forward/backward pass on a random batch."""
+    name, make = MODELS[args.model]
+    torch.manual_seed(0)
+    model = make().to(device=device, dtype=DTYPES[args.dtype])
+    idx = torch.randint(0, model.vocab, (args.batch, args.seq + 1), device=device)
+    model.loss(idx[:, :-1], idx[:, 1:]).backward()
+    sync(device)
+    return name, model
+
+
+def clone_with_grads(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters carry copies of ``model``'s gradients."""
+    twin = copy.deepcopy(model)
+    for (n, p), (m, q) in zip(model.named_parameters(), twin.named_parameters()):
+        assert n == m
+        q.grad = None if p.grad is None else p.grad.detach().clone()
+    return twin
+
+
+def time_steps(opt: torch.optim.Optimizer, steps: int, warmup: int, device: torch.device,
+               max_seconds: float = float("inf")) -> list[float]:
+    """Milliseconds of each of ``steps`` timed steps after ``warmup`` untimed ones.
+
+    Timing stops early once ``max_seconds`` have been spent on the timed steps (but not before 3).
+    """
+    for _ in range(warmup):
+        opt.step()
+    sync(device)
+    times: list[float] = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        opt.step()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 3 and sum(times) > max_seconds * 1e3:
+            break
+    return times
+
+
+def make_optimizer(kind: str, model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if kind == "AdamW(foreach)":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)
+    if kind == "AdamW(fused)":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+    canonical = None if args.canonical_dtype is None else DTYPES[args.canonical_dtype]
+    return DDCAdam(params, binding=bind(model), lr=LR, weight_decay=WEIGHT_DECAY, canonical_dtype=canonical)
+
+
+def bench(kind: str, reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
+    model = clone_with_grads(reference)
+    try:
+        opt = make_optimizer(kind, model, args)
+        if kind == "AdamW(fused)":
+            opt.step()  # fused support is only fully known once a step has run on this device/dtype
+            sync(device)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        if kind != "AdamW(fused)":
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"fused: unavailable ({reason})")
+        return Result(kind, [], note=reason)
+    warmup = max(args.warmup - 1, 0) if kind == "AdamW(fused)" else args.warmup
+    times = time_steps(opt, args.steps, warmup, device, args.max_seconds)
+    return Result(kind, times, note="" if len(times) == args.steps else f"{len(times)} steps (--max-seconds)")
+
+
+def profile_ddc(reference: nn.Module, args: argparse.Namespace, device: torch.device, steps: int = 5) -> None:
+    """``torch.profiler`` over ``steps`` DDCAdam steps (after 2 untimed ones): where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = clone_with_grads(reference)
+    opt = make_optimizer("DDCAdam", model, args)
+    for _ in range(2):
+        opt.step()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            opt.step()  # recorded as "Optimizer.step#DDCAdam.step"; its self time is Python overhead
+        sync(device)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile: {steps} DDCAdam steps, sorted by {sort}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+
+
+def ratio(a: Result, b: Result) -> str:
+    return f"{a.median / b.median:.2f}" if a.times_ms and b.times_ms else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name, reference = prepared_model(args, device)
+    binding = bind(reference)
+    n_params = sum(p.numel() for p in reference.parameters())
+    n_bound = sum(p.numel() for _, p in binding.params)
+    print(f"device: {device_name(device)}")
+    print(f"torch {torch.__version__}, model {name}: {n_params:,} parameters ({args.dtype}), "
+          f"batch {args.batch}x{args.seq}")
+    print(f"binding: {len(binding.params)} bound parameters ({n_bound:,} elements), "
+          f"{len(binding.families)} orbit families; DDCAdam canonical_dtype={args.canonical_dtype or 'default'}")
+    print(f"lr={LR}, weight_decay={WEIGHT_DECAY}; {args.warmup} warmup + {args.steps} timed steps each")
+    del binding
+
+    results = {kind: bench(kind, reference, args, device) for kind in ("AdamW(foreach)", "AdamW(fused)", "DDCAdam")}
+    foreach, fused = results["AdamW(foreach)"], results["AdamW(fused)"]
+    print(f"\n{'optimizer':16s} {'median ms':>10s} {'IQR ms':>22s} {'vs foreach':>11s} {'vs fused':>9s}")
+    for r in results.values():
+        if not r.times_ms:
+            print(f"{r.name:16s} {'unavailable':>10s}")
+            continue
+        q1, q3 = r.iqr
+        print(f"{r.name:16s} {r.median:10.2f} {f'[{q1:.2f}, {q3:.2f}]':>22s} {ratio(r, foreach):>11s} "
+              f"{ratio(r, fused):>9s}  {r.note}".rstrip())
+
+    if args.profile:
+        profile_ddc(reference, args, device)
+    base = fused if fused.times_ms else foreach
+    print(f"\nratio DDCAdam/{base.name} = {results['DDCAdam'].median / base.median:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
