@@ -174,7 +174,8 @@ class DDCAdam(torch.optim.Optimizer):
                 raise GaugeError(*who(p), f"gradient {tuple(p.grad.shape)}/{p.grad.dtype} does not match the "
                                  f"parameter {tuple(p.shape)}/{p.dtype}")
             grads.append(p.grad)
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        # the 2-norm of a tensor is finite iff every entry is (barring overflow of the norm itself)
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             return True
         if self.nonfinite == "skip":
             return False
@@ -227,8 +228,8 @@ class DDCAdam(torch.optim.Optimizer):
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
         states = [self._state(p, sdtype) for p in params]
-        theta = [p.detach().to(work).clone() for p in params]
-        grad = [p.grad.to(work).clone() for p in params]
+        theta = [p.detach().to(work, copy=True) for p in params]
+        grad = [p.grad.to(work, copy=True) for p in params]
         frames = []
         for fam in fams:  # 1. canonical coordinates, covector rule
             h = fam.frame(theta)
@@ -243,23 +244,30 @@ class DDCAdam(torch.optim.Optimizer):
             c = fam.coords(theta, grad)
             rhs_g.append(torch.where(c.abs() <= fam.noise_floor(theta, grad, rtol), 0.0, c))
         coef_g = proj.solve(fact, _stack(rhs_g))
-        grad_h = [g.clone() for g in grad]
+        grad_h = grad  # g̃ is not needed again: make it horizontal in place
         for fam, c in zip(fams, coef_g):
             fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
-        for st in states:  # 3. Adam in the canonical frame
+        for st in states:  # 3. Adam in the canonical frame (foreach, in the state dtype)
             st["step"] += 1
         step = float(states[0]["step"])
         bc1, bc2 = 1 - b1**step, 1 - b2**step
-        u = []
-        for st, g in zip(states, grad_h):
-            g = g.to(sdtype)
-            st["exp_avg"].lerp_(g, 1 - b1)
-            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            u.append(((st["exp_avg"] / bc1) / ((st["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(eps))).to(work))
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        gs = grad_h if sdtype == work else [g.to(sdtype) for g in grad_h]
+        torch._foreach_lerp_(m, gs, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, gs, gs, 1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, eps)
+        u = torch._foreach_div(m, denom)
+        torch._foreach_div_(u, bc1)
+        if sdtype != work:
+            u = [x.to(work) for x in u]
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack([fam.coords(theta, u) for fam in fams], [fam.coords(theta, theta) for fam in fams])
         coef = proj.solve(fact, rhs)
-        delta = [x + wd * t for x, t in zip(u, theta)]
+        delta = torch._foreach_add(u, theta, alpha=wd)
         for f, fam in enumerate(fams):
             a = -(coef[f][..., 0] + wd * coef[f][..., 1])  # −(c_u + λ c_θ): makes u + λθ̃ horizontal
             if vertical == "sgd":
@@ -268,8 +276,7 @@ class DDCAdam(torch.optim.Optimizer):
                 a = a + self._vertical_adam(states[0], f, fam, coef_g[f][..., 0], fact, b1, b2, bc1, bc2, veps)
                 a = a + wd * coef[f][..., 1]
             fam.lift(a, theta, delta)
-        for t, d in zip(theta, delta):  # 5. step and map back
-            t.add_(d, alpha=-lr)
+        torch._foreach_add_(theta, delta, alpha=-lr)  # 5. step and map back
         for fam, h in zip(reversed(fams), reversed(frames)):
             fam.act(h, theta, inverse=True)
         if self.nonfinite == "raise":
@@ -298,7 +305,7 @@ class DDCAdam(torch.optim.Optimizer):
 
     def _check_update(self, theta: list[Tensor], plan: dict, frames: list) -> None:
         """One host sync: is the update finite? If not, name the family whose frame broke."""
-        if bool(torch.stack([torch.isfinite(t).all() for t in theta]).all()):
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(theta))).all()):
             return
         for fam, h in zip(plan["families"], frames):
             parts = h if isinstance(h, tuple) else (h,)

@@ -131,8 +131,11 @@ class BoundFamily:
         that order (``0``: the largest).
         """
         r0, r1 = _pairs(t)
-        order = torch.argsort(r0 * r0 + r1 * r1, dim=1, descending=True, stable=True)
-        j = order[:, c : c + 1]
+        norms = r0 * r0 + r1 * r1
+        if c == 0:
+            j = norms.argmax(1, keepdim=True)
+        else:
+            j = torch.argsort(norms, dim=1, descending=True, stable=True)[:, c : c + 1]
         return torch.gather(r0, 1, j)[:, 0], torch.gather(r1, 1, j)[:, 0]
 
     # ---------------------------------------------------------------- frame and action
@@ -224,13 +227,13 @@ class BoundFamily:
         for s, i in self.members():
             t, v = theta[i].abs(), u[i].abs()
             if self.kind == "scale":
-                w = self._coefficient("dot", s.role, t).abs() * _reduce(t * v, s.axis)
+                w = abs(self._coefficient("dot", s.role)) * _reduce(t * v, s.axis)
             elif self.kind == "translate":
-                w = self._coefficient("usum", s.role, t).abs() * _reduce(v, s.axis)
+                w = abs(self._coefficient("usum", s.role)) * _reduce(v, s.axis)
             else:
                 a0, a1 = _pairs(t)
                 b0, b1 = _pairs(v)
-                w = self._coefficient("cross", s.role, t).abs() * (a0 * b1 + a1 * b0).sum(1)
+                w = abs(self._coefficient("cross", s.role)) * (a0 * b1 + a1 * b0).sum(1)
             length += t.numel() // max(self.units, 1)
             total = w if total is None else total + w
         return max((length + 8) * eps, rtol) * total
@@ -238,12 +241,15 @@ class BoundFamily:
     def _head_rows(self, ts: list[Tensor]) -> Tensor:
         return torch.cat([ts[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)
 
-    def _coefficient(self, prefix: str, role: str, like: Tensor) -> Tensor:
-        """Coefficient of the statistic ``prefix_role`` in the generated (linear) ``coords``."""
-        names = self.family.stats["coords"]
-        zero = {n: like.new_zeros(()) for n in names}
+    def _coefficient(self, prefix: str, role: str) -> float:
+        """Coefficient of the statistic ``prefix_role`` in the generated (linear) ``coords``,
+        read off by evaluating the generated function on Python floats (cached)."""
+        cache = self.__dict__.setdefault("_coefficients", {})
         key = f"{prefix}_{role}"
-        return self.family.coords(**{**zero, key: like.new_ones(())}) if key in names else like.new_zeros(())
+        if key not in cache:
+            names = self.family.stats["coords"]
+            cache[key] = float(self.family.coords(**{n: float(n == key) for n in names})) if key in names else 0.0
+        return cache[key]
 
     def lift(self, coef: Tensor, theta: list[Tensor], out: list[Tensor], alpha: float = 1.0) -> None:
         """In place ``out += alpha · Σ_k coef_k X_k(θ)``: the adjoint of :meth:`coords`.
@@ -258,13 +264,13 @@ class BoundFamily:
         for s, i in self.members():
             t, o = theta[i], out[i]
             if self.kind == "scale":
-                w = self._coefficient("dot", s.role, t) * coef
+                w = self._coefficient("dot", s.role) * coef
                 o.add_(_bcast(w, t, s.axis) * t, alpha=alpha)
             elif self.kind == "translate":
-                w = self._coefficient("usum", s.role, t) * coef
+                w = self._coefficient("usum", s.role) * coef
                 o.add_(_bcast(w, t, s.axis), alpha=alpha)
             else:  # plane: ⟨X, u⟩ = Σ θ₀u₁ − θ₁u₀ ⇒ X = (−θ₁, θ₀) on the pair
-                w = (self._coefficient("cross", s.role, t) * coef)[:, None]
+                w = (self._coefficient("cross", s.role) * coef)[:, None]
                 a0, a1 = _pairs(t)
                 o0, o1 = _pairs(o)
                 o0.add_(-w * a1, alpha=alpha)

@@ -122,7 +122,7 @@ class Projector:
                 sq = t * t if a_rows else (t * t).T
                 ra = _role_of(fam_a, i)
                 rb = _role_of(fam_b, i)
-                w = fam_a._coefficient("dot", ra, t) * fam_b._coefficient("dot", rb, t)
+                w = fam_a._coefficient("dot", ra) * fam_b._coefficient("dot", rb)
                 sa, sb = off_a[fa], off_b[fb]
                 e[sa : sa + fam_a.units, sb : sb + fam_b.units] += w * sq
             s = torch.diag(d_a) - (e / d_b) @ e.T
