@@ -202,11 +202,77 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
     return worst
 
 
+def run_protocol_jax(construction: Construction, optimizer: str = "ddc_adam", dtype: str = "float32",
+                     steps: int = 50, seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.1,
+                     vertical: str = "freeze") -> float:
+    """The protocol with ``gaugemath.backends.jax.ddc_adam`` (or ``optax.adamw``) under ``jax.jit``.
+
+    The construction's torch model only computes run A's loss gradients (at run A's JAX parameters,
+    copied in each step); everything the optimizer does is JAX. ``float64`` needs
+    ``jax_enable_x64``, switched on here (it also gives float32 runs the fp64 canonical path, as torch).
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # fp64 for float64 runs and for the canonical path
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+
+    from gaugemath.backends import jax as gj
+    from gaugemath.backends.torch import detect
+
+    torch.manual_seed(seed)
+    tdtype = getattr(torch, dtype)
+    model, specs, loss_fn = construction.make()
+    model = model.to(tdtype)
+    specs = specs if specs is not None else detect(model)
+    params_a = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    binding = gj.bind(params_a, specs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    g = [tuple(jnp.asarray(x.numpy()) for x in h) if isinstance(h, tuple) else jnp.asarray(h.numpy())
+         for h in random_element(binding, gen, tdtype)]
+
+    def act(tree, covector=False):
+        leaves = [tree[p] for p in binding.paths]
+        for fam, h in zip(binding.families, g):
+            leaves = fam.act(h, leaves, covector=covector)
+        return {**tree, **dict(zip(binding.paths, leaves))}
+
+    params_b = act(params_a)
+    if optimizer == "adamw":
+        tx = optax.adamw(lr, weight_decay=weight_decay)
+    else:
+        tx = gj.ddc_adam(lr, weight_decay=weight_decay, gauges=binding, vertical=vertical)
+    update = jax.jit(tx.update)
+    state_a, state_b = tx.init(params_a), tx.init(params_b)
+    data = torch.Generator().manual_seed(seed + 2)
+    worst = 0.0
+    for _ in range(steps):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(torch.from_numpy(np.array(params_a[n])))
+        model.zero_grad()
+        loss_fn(model, data).backward()
+        grads_a = {n: jnp.asarray(p.grad.numpy()) for n, p in model.named_parameters()}
+        grads_b = act(grads_a, covector=True)
+        u, state_a = update(grads_a, state_a, params_a)
+        params_a = optax.apply_updates(params_a, u)
+        u, state_b = update(grads_b, state_b, params_b)
+        params_b = optax.apply_updates(params_b, u)
+        image = act(params_a)
+        num = sum(float(jnp.sum((params_b[p] - image[p]) ** 2)) for p in binding.paths)
+        den = sum(float(jnp.sum(image[p] ** 2)) for p in binding.paths)
+        worst = max(worst, math.sqrt(num / den))
+    return worst
+
+
 def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, names=None, control: bool = True,
            vertical: str = "freeze", out=print) -> bool:
     """Print ``<name> <max_rel_dev> <PASS|FAIL>`` per construction (and the AdamW control)."""
-    if backend != "torch":
-        raise ValueError(f"backend {backend!r} is not available yet (torch only)")
+    if backend not in ("torch", "jax"):
+        raise ValueError(f"backend {backend!r}: choose 'torch' or 'jax'")
+    run = run_protocol if backend == "torch" else run_protocol_jax
     if dtype not in THRESHOLDS:
         raise ValueError(f"dtype {dtype!r}: choose from {sorted(THRESHOLDS)}")
     tol = THRESHOLDS[dtype]
@@ -214,12 +280,12 @@ def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, name
     for c in _constructions():
         if names and c.name not in names:
             continue
-        dev = run_protocol(c, "ddc_adam", dtype, steps, vertical=vertical)
+        dev = run(c, "ddc_adam", dtype, steps, vertical=vertical)
         passed = dev < tol
         ok &= passed
         out(f"{c.name} {dev:.3e} {'PASS' if passed else 'FAIL'}")
         if control:
-            dev = run_protocol(c, "adamw", dtype, steps)
+            dev = run(c, "adamw", dtype, steps)
             failed = dev >= tol
             ok &= failed
             out(f"adamw:{c.name} {dev:.3e} {'FAIL (expected)' if failed else 'PASS (control should fail!)'}")

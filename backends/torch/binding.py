@@ -23,23 +23,9 @@ from torch import nn
 
 from gaugemath.errors import GaugeError
 
+from .._spec import GaugeSpec, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import BoundFamily
-
-ORDER = ("norm_scale", "head_rotation", "relu_rescale", "swiglu_rescale", "ce_shift")
-
-
-@dataclass
-class GaugeSpec:
-    """An explicit binding: ``family`` (a key of ``FAMILIES``, e.g. ``"relu_rescale.balance"``,
-    or ``"ce_shift"`` for both shift families) and ``roles`` mapping each role to a parameter name
-    or a list of names (several consumers of one norm). ``d_head`` for ``head_rotation.norope``.
-    """
-
-    family: str
-    roles: dict[str, str | Sequence[str]]
-    name: str = ""
-    d_head: int = 0
 
 
 @dataclass
@@ -64,68 +50,10 @@ class Binding:
     __repr__ = __str__
 
 
-def _units(key: str, family, role: str, shape: tuple[int, ...], d_head: int) -> int:
-    s = family.slice(role)
-    if family.kind == "plane":
-        return shape[0] // 2
-    if family.kind == "head":
-        return shape[0] // d_head
-    if s.axis == "rows":
-        return shape[0]
-    if s.axis == "cols":
-        if len(shape) != 2:
-            raise GaugeError(family.gauge, role, f"needs a matrix for a column slice, got shape {shape}")
-        return shape[1]
-    return 1
-
-
 def _build(model: nn.Module, specs: Sequence[GaugeSpec]) -> Binding:
     named = dict(model.named_parameters(remove_duplicate=False))
-    order: list[str] = []
-    fams: list[BoundFamily] = []
-    keyed = []
-    for spec in specs:
-        keys = [k for k in FAMILIES if k == spec.family or k.startswith(spec.family + ".")]
-        if spec.family == "ce_shift":
-            keys = ["ce_shift.W", "ce_shift.b"]
-        if not keys or (len(keys) > 1 and spec.family != "ce_shift"):
-            raise GaugeError(spec.family, None, f"unknown gauge family; choose from {sorted(FAMILIES)}")
-        for key in keys:
-            keyed.append((spec, key))
-    keyed.sort(key=lambda sk: ORDER.index(FAMILIES[sk[1]].gauge))
-    for spec, key in keyed:
-        fam = FAMILIES[key]
-        roles: dict[str, list[int]] = {}
-        units = set()
-        for s in fam.slices:
-            given = spec.roles.get(s.role)
-            if given is None:
-                if s.role == "bias" and fam.gauge == "norm_scale":
-                    continue
-                if fam.gauge == "ce_shift" and key.endswith(".b") and "b" not in spec.roles:
-                    break
-                raise GaugeError(fam.gauge, s.role, f"role missing from the binding of {spec.name or key}")
-            names = [given] if isinstance(given, str) else list(given)
-            if fam.kind in ("plane", "head") and len(names) != 1:
-                raise GaugeError(fam.gauge, s.role, "rotation roles bind exactly one tensor")
-            for n in names:
-                if n not in named:
-                    raise GaugeError(fam.gauge, n, "no such parameter in the model")
-                p = named[n]
-                if fam.kind == "plane" and (p.dim() != 2 or p.shape[0] % 2):
-                    raise GaugeError(fam.gauge, n, f"shape {tuple(p.shape)}: RoPE planes need an even number of rows")
-                if fam.kind == "head" and (spec.d_head <= 0 or p.shape[0] % spec.d_head):
-                    raise GaugeError(fam.gauge, n, f"shape {tuple(p.shape)}: rows do not split into heads of "
-                                     f"d_head={spec.d_head}")
-                units.add((_units(key, fam, s.role, tuple(p.shape), spec.d_head), n))
-                if n not in order:
-                    order.append(n)
-                roles.setdefault(s.role, []).append(order.index(n))
-        else:
-            if len({u for u, _ in units}) > 1:
-                raise GaugeError(fam.gauge, sorted(units)[0][1], f"roles disagree on the number of units: "
-                                 f"{sorted(units)} ({spec.name or key})")
-            fams.append(BoundFamily(fam, f"{spec.name or key}", roles, units.pop()[0], spec.d_head))
+    order, resolved = resolve(specs, {n: tuple(p.shape) for n, p in named.items()}, FAMILIES)
+    fams = [BoundFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved]
     params = [(n, named[n]) for n in order]
     seen = {}
     for n, p in params:
@@ -268,13 +196,7 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
     binding = _build(model, detect(model) if specs is None else list(specs))
     if example is not None:
         check_norm_dataflow(model, binding, example)
-    for f in binding.families:
-        if f.kind in ("scale", "translate") and f.family.gauge in ("relu_rescale", "swiglu_rescale"):
-            others = [g for g in binding.families if g is not f and set(f.roles.get(f.family.slices[0].role, []))
-                      & {i for _, i in g.members()}]
-            if others and f.family.key.endswith(".balance"):
-                raise GaugeError(f.family.gauge, f.name, "the balance frame is not invariant when another gauge "
-                                 "acts on the same matrix; use the anchor frame")
+    check_balance_frames(binding.families)
     return binding
 
 

@@ -1,0 +1,10 @@
+"""JAX backend: ``ddc_adam`` (an optax ``GradientTransformation``) and the pytree binder.
+
+Formulas are generated into ``_generated.py`` by ``gaugemath codegen`` (``jax.numpy`` printer).
+"""
+
+from .._spec import GaugeSpec
+from .binding import JaxBinding, bind, leaf_paths
+from .optim import DDCAdamState, ddc_adam
+
+__all__ = ["DDCAdamState", "GaugeSpec", "JaxBinding", "bind", "ddc_adam", "leaf_paths"]

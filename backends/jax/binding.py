@@ -1,0 +1,63 @@
+"""Bind a parameter pytree to gauges by leaf path (``"blocks.0.mlp.up.weight"``).
+
+Leaf paths join the pytree keys with ``.`` (dict keys, sequence indices, attribute names), so a
+pytree that mirrors a torch ``state_dict`` (as :mod:`gaugemath.models.jax_models` builds them)
+has the same names as the torch parameters and takes the same :class:`GaugeSpec` list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+
+from .._spec import GaugeSpec, check_balance_frames, resolve
+from ._generated import FAMILIES
+from .orbits import JaxFamily
+
+
+def _key(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def leaf_paths(tree) -> list[str]:
+    """``"a.b.0.c"`` for every leaf, in ``jax.tree_util`` flattening order."""
+    return [".".join(_key(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+@dataclass(frozen=True)
+class JaxBinding:
+    """Bound leaf paths (binding order) and the orbit families on them."""
+
+    paths: tuple[str, ...]
+    families: tuple[JaxFamily, ...]
+
+    def gauge_of(self, path: str) -> str:
+        if path not in self.paths:
+            return "none"
+        idx = self.paths.index(path)
+        return ",".join(dict.fromkeys(f.family.gauge for f in self.families
+                                      if any(i == idx for _, i in f.members()))) or "none"
+
+    def __str__(self) -> str:
+        lines = [f"JaxBinding: {len(self.families)} orbit families on {len(self.paths)} leaves"]
+        for f in self.families:
+            roles = "; ".join(f"{r}: " + ", ".join(self.paths[i] for i in idx) for r, idx in f.roles.items())
+            lines.append(f"  {f.name:32s} {f.family.key:24s} {f.units:5d} units  [{roles}]")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def bind(params, specs: Sequence[GaugeSpec]) -> JaxBinding:
+    """Bind the leaves of ``params`` named in ``specs`` (errors name the leaf path and gauge)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
+    order, resolved = resolve(specs, shapes, FAMILIES, what="leaf")
+    fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
+    check_balance_frames(fams)
+    return JaxBinding(tuple(order), fams)

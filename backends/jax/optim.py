@@ -1,0 +1,205 @@
+"""``ddc_adam``: DDCAdam as an ``optax.GradientTransformation`` (semantics of the torch backend).
+
+The step on gauge-bound leaves is the one documented in ``gaugemath.backends.torch.optim``
+(canonical frame, round-off-aware split, Adam in the canonical frame, horizontal update,
+vertical policy, map back); leaves bound to no gauge take exactly ``optax.adamw``'s update, so
+``ddc_adam`` with no gauges *is* ``optax.adamw``. The returned updates are ``θ' − θ``: apply them
+with ``optax.apply_updates``. Works under ``jax.jit`` and ``jax.vmap``, composes with
+``optax.chain`` and takes an optax schedule as ``learning_rate``; the state is a pytree of arrays.
+
+Non-finite gradients: under ``jit`` nothing can be raised, so ``nonfinite="skip"`` (default) makes a
+step with any non-finite gradient a no-op (zero updates, state unchanged, decided on the device);
+``nonfinite="raise"`` raises a ``GaugeError`` naming the leaf path and gauge when called eagerly
+(outside ``jit``) and refuses to trace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gaugemath.errors import GaugeError
+
+from .binding import JaxBinding, _key
+from .projection import Projector
+
+VERTICAL = ("freeze", "sgd", "adam")
+
+
+class DDCAdamState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+    vertical: tuple
+
+
+def _state_dtype(dtype):
+    return jnp.float32 if dtype == jnp.bfloat16 else dtype
+
+
+def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+             weight_decay: float = 1e-2, gauges: JaxBinding | None = None, *, vertical: str = "freeze",
+             vertical_eps: float | None = None, vertical_rtol: float | None = None, canonical_dtype=None,
+             nonfinite: str = "skip") -> optax.GradientTransformation:
+    """DDCAdam for a parameter pytree bound by :func:`gaugemath.backends.jax.bind` (``gauges``)."""
+    if vertical not in VERTICAL:
+        raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
+    if nonfinite not in ("skip", "raise"):
+        raise ValueError(f"nonfinite={nonfinite!r}: choose from ('skip', 'raise')")
+    binding = gauges if gauges is not None else JaxBinding((), ())
+    veps = eps if vertical_eps is None else vertical_eps
+    projector = Projector(list(binding.families), list(binding.paths)) if binding.families else None
+
+    def leaves_by_path(tree, what):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        paths = [".".join(_key(k) for k in p) for p, _ in flat]
+        return paths, [leaf for _, leaf in flat], treedef
+
+    def bound_indices(paths, leaves):
+        index = {p: i for i, p in enumerate(paths)}
+        out = []
+        for p in binding.paths:
+            if p not in index:
+                raise GaugeError(binding.gauge_of(p), p, "bound leaf is missing from the parameter pytree")
+            out.append(index[p])
+        return out
+
+    def vertical_shapes(leaves, idx):
+        return [((f.units, f.d_head, f.d_head) if f.kind == "head" else (f.units,)) for f in binding.families]
+
+    def init(params):
+        paths, leaves, treedef = leaves_by_path(params, "params")
+        idx = bound_indices(paths, leaves)
+        for leaf, p in zip(leaves, paths):
+            if leaf.dtype not in (jnp.float32, jnp.float64, jnp.bfloat16):
+                raise TypeError(f"leaf {p} has dtype {leaf.dtype}; ddc_adam supports float32/float64/bfloat16")
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, _state_dtype(x.dtype)), params)
+        sd = _state_dtype(leaves[idx[0]].dtype) if idx else jnp.float32
+        vert = tuple((jnp.zeros(s, sd), jnp.zeros(s, sd)) for s in vertical_shapes(leaves, idx)) \
+            if vertical == "adam" else ()
+        return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert)
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("ddc_adam needs params: call update(grads, state, params)")
+        paths, g_leaves, treedef = leaves_by_path(grads, "grads")
+        p_paths, p_leaves, _ = leaves_by_path(params, "params")
+        if paths != p_paths:
+            raise GaugeError("ddc", next((a for a, b in zip(paths, p_paths) if a != b), "?"),
+                             "gradient and parameter pytrees do not match")
+        for path, g, p in zip(paths, g_leaves, p_leaves):
+            if g.shape != p.shape:
+                raise GaugeError(binding.gauge_of(path), path, f"gradient shape {g.shape} != parameter shape {p.shape}")
+        idx = bound_indices(paths, p_leaves)
+        m_leaves = jax.tree_util.tree_leaves(state.mu)
+        v_leaves = jax.tree_util.tree_leaves(state.nu)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in g_leaves]))
+        if nonfinite == "raise":
+            if isinstance(finite, jax.core.Tracer):
+                raise GaugeError("ddc", "<all>", "nonfinite='raise' cannot be traced under jit; use 'skip'")
+            if not bool(finite):
+                bad = next(p for p, g in zip(paths, g_leaves) if not bool(jnp.all(jnp.isfinite(g))))
+                raise GaugeError(binding.gauge_of(bad), bad, "non-finite gradient (nonfinite='raise')")
+        count = state.count + 1
+        t = count.astype(jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        new_m, new_v = list(m_leaves), list(v_leaves)
+        updates = [jnp.zeros_like(p) for p in p_leaves]
+        bound = set(idx)
+        for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):  # optax.adamw, operation for operation
+            if i in bound:
+                continue
+            sd = _state_dtype(p.dtype)
+            gs = g.astype(sd)
+            m = (1 - b1) * gs + b1 * m_leaves[i]
+            v = (1 - b2) * (gs * gs) + b2 * v_leaves[i]
+            m_hat = m / (1 - b1 ** t).astype(sd)
+            v_hat = v / (1 - b2 ** t).astype(sd)
+            u = m_hat / (jnp.sqrt(v_hat) + eps) + weight_decay * p.astype(sd)
+            new_m[i], new_v[i] = m, v
+            updates[i] = (-lr * u).astype(p.dtype)
+        new_vert = state.vertical
+        if idx:
+            theta_new, ms, vs, new_vert = _ddc_step([p_leaves[i] for i in idx], [g_leaves[i] for i in idx],
+                                                   [m_leaves[i] for i in idx], [v_leaves[i] for i in idx],
+                                                   state.vertical, t, lr)
+            for k, i in enumerate(idx):
+                updates[i] = (theta_new[k] - p_leaves[i].astype(theta_new[k].dtype)).astype(p_leaves[i].dtype)
+                new_m[i], new_v[i] = ms[k], vs[k]
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_m = [keep(a, b) for a, b in zip(new_m, m_leaves)]
+        new_v = [keep(a, b) for a, b in zip(new_v, v_leaves)]
+        updates = [jnp.where(finite, u, jnp.zeros_like(u)) for u in updates]
+        new_vert = jax.tree_util.tree_map(keep, new_vert, state.vertical)
+        unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
+        new_state = DDCAdamState(jnp.where(finite, count, state.count), unflat(new_m), unflat(new_v), new_vert)
+        return unflat(updates), new_state
+
+    def _ddc_step(params, grads, ms, vs, vert_state, t, lr):
+        fams = binding.families
+        sd = _state_dtype(params[0].dtype)
+        work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+        theta = [p.astype(work) for p in params]
+        grad = [g.astype(work) for g in grads]
+        frames = []
+        for fam in fams:
+            h = fam.frame(theta)
+            theta = fam.act(h, theta)
+            grad = fam.act(h, grad, covector=True)
+            frames.append(h)
+        fact = projector.factor(theta)
+        rtol = math.sqrt(float(jnp.finfo(params[0].dtype).eps)) if vertical_rtol is None else vertical_rtol
+        rhs_g = []
+        for fam in fams:
+            c = fam.coords(theta, grad)
+            rhs_g.append(jnp.where(jnp.abs(c) <= fam.noise_floor(theta, grad, rtol), 0.0, c)[..., None])
+        coef_g = projector.solve(fact, rhs_g)
+        for fam, c in zip(fams, coef_g):
+            grad = fam.lift(c[..., 0], theta, grad, alpha=-1.0)
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        new_ms, new_vs, u = [], [], []
+        for m, v, g in zip(ms, vs, grad):  # torch's Adam: lerp, addcmul, sqrt(v)/sqrt(bc2) + eps
+            gs = g.astype(sd)
+            m = m + (1 - b1) * (gs - m)
+            v = b2 * v + (1 - b2) * (gs * gs)
+            new_ms.append(m)
+            new_vs.append(v)
+            u.append(((m / bc1.astype(sd)) / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + eps)).astype(work))
+        rhs = [jnp.stack([a, b], axis=-1) for a, b in zip([f.coords(theta, u) for f in fams],
+                                                          [f.coords(theta, theta) for f in fams])]
+        coef = projector.solve(fact, rhs)
+        delta = [x + weight_decay * th for x, th in zip(u, theta)]
+        new_vert = []
+        for f, fam in enumerate(fams):
+            a = -(coef[f][..., 0] + weight_decay * coef[f][..., 1])
+            if vertical == "sgd":
+                a = a + coef_g[f][..., 0] + weight_decay * coef[f][..., 1]
+            elif vertical == "adam":
+                step, mv = _vertical_adam(fam, fact["grams"][f], coef_g[f][..., 0], vert_state[f], bc1, bc2, sd)
+                new_vert.append(mv)
+                a = a + step + weight_decay * coef[f][..., 1]
+            delta = fam.lift(a, theta, delta)
+        theta = [th - lr * d for th, d in zip(theta, delta)]
+        for fam, h in zip(reversed(fams), reversed(frames)):
+            theta = fam.act(h, theta, inverse=True)
+        return theta, new_ms, new_vs, tuple(new_vert) if vertical == "adam" else vert_state
+
+    def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
+        if fam.kind == "head":
+            lam = jnp.diagonal(gram, axis1=1, axis2=2)
+            norm = jnp.sqrt(lam[:, :, None] + lam[:, None, :]) + jnp.eye(lam.shape[-1], dtype=lam.dtype)
+        else:
+            norm = jnp.sqrt(gram)
+        m, v = mv
+        chat = (c * norm).astype(sd)
+        m = m + (1 - b1) * (chat - m)
+        v = b2 * v + (1 - b2) * (chat * chat)
+        step = ((m / bc1.astype(sd)) / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + veps)).astype(c.dtype) / norm
+        return step, (m, v)
+
+    return optax.GradientTransformation(init, update)
