@@ -1,0 +1,136 @@
+"""The JAX backend: optax.adamw equivalence, agreement with the torch backend, jit/vmap/chain, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+torch = pytest.importorskip("torch")
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from gaugemath.backends import jax as gj  # noqa: E402
+from gaugemath.backends.torch import DDCAdam, detect  # noqa: E402
+from gaugemath.backends.torch import bind as torch_bind  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import gaugemath.verify as V  # noqa: E402
+from gaugemath import GaugeError  # noqa: E402
+
+CONSTRUCTIONS = {c.name: c for c in V._constructions()}
+MLP_SPEC = [gj.GaugeSpec("relu_rescale.balance", {"W_in": "fc_in.weight", "b_in": "fc_in.bias",
+                                                  "W_out": "fc_out.weight"})]
+
+
+def _mlp_params(seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    shapes = {"fc_in.weight": (8, 4), "fc_in.bias": (8,), "fc_out.weight": (3, 8), "fc_out.bias": (3,)}
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def test_no_gauges_is_optax_adamw_over_100_steps():
+    params = _mlp_params()
+    ours, ref = gj.ddc_adam(1e-2, weight_decay=0.05), optax.adamw(1e-2, weight_decay=0.05)
+    sa, sb = ours.init(params), ref.init(params)
+    pa, pb = params, params
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        g = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in params.items()}
+        ua, sa = ours.update(g, sa, pa)
+        ub, sb = ref.update(g, sb, pb)
+        pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(pa[k]), np.asarray(pb[k]), rtol=1e-6, atol=1e-7)
+
+
+def _cross_backend(name: str, dtype: str, steps: int, seed: int = 0) -> float:
+    """torch DDCAdam and JAX ddc_adam from identical parameters, fed identical gradients."""
+    torch.manual_seed(seed)
+    model, specs, loss_fn = CONSTRUCTIONS[name].make()
+    model = model.to(getattr(torch, dtype))
+    specs = specs if specs is not None else detect(model)
+    opt = DDCAdam(model.parameters(), binding=torch_bind(model, specs), lr=1e-2, weight_decay=0.1)
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    tx = gj.ddc_adam(1e-2, weight_decay=0.1, gauges=gj.bind(params, specs))
+    state, update = tx.init(params), jax.jit(tx.update)
+    gen, worst = torch.Generator().manual_seed(seed + 2), 0.0
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model, gen).backward()
+        grads = {n: jnp.asarray(p.grad.numpy()) for n, p in model.named_parameters()}
+        opt.step()
+        u, state = update(grads, state, params)
+        params = optax.apply_updates(params, u)
+        num = sum(float(np.sum((np.asarray(params[n]) - p.detach().numpy()) ** 2)) for n, p in model.named_parameters())
+        den = sum(float(np.sum(p.detach().numpy() ** 2)) for _, p in model.named_parameters())
+        worst = max(worst, (num / den) ** 0.5)
+    return worst
+
+
+@pytest.mark.parametrize("name", ["relu_rescale", "head_rotation.norope", "transformer.rmsnorm_swiglu"])
+def test_torch_and_jax_trajectories_agree_over_50_steps(name):
+    assert _cross_backend(name, "float32", 50) < 1e-6
+    assert _cross_backend(name, "float64", 50) < 1e-12
+
+
+@settings(max_examples=8, deadline=None)
+@given(name=st.sampled_from(sorted(CONSTRUCTIONS)), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 1000))
+def test_cross_backend_agreement_property(name, dtype, seed):
+    assert _cross_backend(name, dtype, 8, seed) < {"float32": 1e-6, "float64": 1e-12}[dtype]
+
+
+@pytest.mark.parametrize("name", ["ce_shift", "head_rotation.rope", "transformer.layernorm_relu"])
+def test_jax_protocol_passes_and_optax_adamw_control_fails(name):
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_adam", "float32", steps=10) < 1e-6
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_adam", "float64", steps=10) < 1e-12
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "adamw", "float64", steps=10) > 1e-3
+
+
+def test_jit_vmap_chain_and_schedules():
+    binding = gj.bind(_mlp_params(), MLP_SPEC)
+    sched = optax.linear_schedule(1e-2, 1e-3, 10)
+    tx = optax.chain(optax.clip_by_global_norm(10.0), gj.ddc_adam(sched, gauges=binding, vertical="adam"))
+    seeds = [0, 1, 2]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[_mlp_params(s) for s in seeds])
+    grads = jax.tree_util.tree_map(lambda x: jnp.cos(3 * x), stacked)
+    states = jax.vmap(tx.init)(stacked)
+    u, _ = jax.jit(jax.vmap(tx.update))(grads, states, stacked)
+    for k, s in enumerate(seeds):  # vmapped = one at a time
+        p = _mlp_params(s)
+        g = jax.tree_util.tree_map(lambda x: jnp.cos(3 * x), p)
+        uk, _ = tx.update(g, tx.init(p), p)
+        for name in p:
+            np.testing.assert_allclose(np.asarray(u[name][k]), np.asarray(uk[name]), rtol=1e-5, atol=1e-8)
+    leaves = jax.tree_util.tree_leaves(states)
+    assert all(isinstance(x, jax.Array) for x in leaves)
+
+
+def test_bad_input_names_leaf_and_gauge():
+    params = _mlp_params()
+    with pytest.raises(GaugeError, match="gauge 'relu_rescale', block 'fc_in.weight'.*no such leaf"):
+        gj.bind({k: v for k, v in params.items() if k != "fc_in.weight"}, MLP_SPEC)
+    bad = dict(params, **{"fc_out.weight": jnp.zeros((3, 7))})
+    with pytest.raises(GaugeError, match="roles disagree on the number of units"):
+        gj.bind(bad, MLP_SPEC)
+    tx = gj.ddc_adam(1e-2, gauges=gj.bind(params, MLP_SPEC), nonfinite="raise")
+    state = tx.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    nan = dict(grads, **{"fc_in.weight": grads["fc_in.weight"].at[0, 0].set(jnp.nan)})
+    with pytest.raises(GaugeError, match="gauge 'relu_rescale', block 'fc_in.weight'.*non-finite"):
+        tx.update(nan, state, params)
+    with pytest.raises(GaugeError, match="gradient shape"):
+        tx.update(dict(grads, **{"fc_in.bias": jnp.ones(5)}), state, params)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(grads, state)
+    skip = gj.ddc_adam(1e-2, gauges=gj.bind(params, MLP_SPEC))
+    s0 = skip.init(params)
+    u, s1 = jax.jit(skip.update)(nan, s0, params)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(u))
+    assert int(s1.count) == 0
+    missing = gj.ddc_adam(1e-2, gauges=gj.bind(params, MLP_SPEC))
+    with pytest.raises(GaugeError, match="missing from the parameter pytree"):
+        missing.init({k: v for k, v in params.items() if k != "fc_out.weight"})
