@@ -1,10 +1,13 @@
-"""Reference neural-network models for the gauge binder (PyTorch).
+"""Reference neural-network models for the gauge binder (PyTorch and JAX).
 
-The models live in :mod:`gaugemath.models.torch_models`; this package imports it (and torch)
-only when one of the names below is first accessed, so ``import gaugemath.models`` is cheap
-and works without torch installed.
+The PyTorch models live in :mod:`gaugemath.models.torch_models`, their JAX counterparts (plain
+functions over flat parameter dicts keyed by the torch parameter names) in
+:mod:`gaugemath.models.jax_models`. This package imports either module (and torch or jax) only
+when one of its names is first accessed, so ``import gaugemath.models`` is cheap and works
+without torch or jax installed.
 
 >>> from gaugemath.models import tiny_gpt  # doctest: +SKIP
+>>> from gaugemath.models import GPTConfig, gpt_apply  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,8 +28,20 @@ if TYPE_CHECKING:  # pragma: no cover
         gpt_small_cpu,
         tiny_gpt,
     )
+    from .jax_models import (
+        GPTConfig,
+        from_torch,
+        gpt_apply,
+        gpt_config_of,
+        gpt_gauge_specs,
+        gpt_loss,
+        init_gpt,
+        mlp_apply,
+        mlp_gauge_specs,
+        mlp_init,
+    )
 
-__all__ = [
+_TORCH = (
     "GPT",
     "MLP",
     "Attention",
@@ -38,14 +53,31 @@ __all__ = [
     "gpt2_small",
     "gpt_small_cpu",
     "tiny_gpt",
-]
+)
+_JAX = (
+    "GPTConfig",
+    "from_torch",
+    "gpt_apply",
+    "gpt_config_of",
+    "gpt_gauge_specs",
+    "gpt_loss",
+    "init_gpt",
+    "mlp_apply",
+    "mlp_gauge_specs",
+    "mlp_init",
+)
+__all__ = [*_TORCH, *_JAX]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _TORCH:
         from . import torch_models
 
         return getattr(torch_models, name)
+    if name in _JAX:
+        from . import jax_models
+
+        return getattr(jax_models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
