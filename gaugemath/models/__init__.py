@@ -15,6 +15,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .jax_models import (
+        GPTConfig,
+        from_torch,
+        gpt_apply,
+        gpt_config_of,
+        gpt_gauge_specs,
+        gpt_loss,
+        init_gpt,
+        mlp_apply,
+        mlp_gauge_specs,
+        mlp_init,
+    )
     from .torch_models import (
         GPT,
         MLP,
@@ -28,20 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
         gpt_small_cpu,
         tiny_gpt,
     )
-    from .jax_models import (
-        GPTConfig,
-        from_torch,
-        gpt_apply,
-        gpt_config_of,
-        gpt_gauge_specs,
-        gpt_loss,
-        init_gpt,
-        mlp_apply,
-        mlp_gauge_specs,
-        mlp_init,
-    )
 
-_TORCH = (
+__all__ = [
+    # torch_models
     "GPT",
     "MLP",
     "Attention",
@@ -53,8 +54,7 @@ _TORCH = (
     "gpt2_small",
     "gpt_small_cpu",
     "tiny_gpt",
-)
-_JAX = (
+    # jax_models
     "GPTConfig",
     "from_torch",
     "gpt_apply",
@@ -65,19 +65,19 @@ _JAX = (
     "mlp_apply",
     "mlp_gauge_specs",
     "mlp_init",
-)
-__all__ = [*_TORCH, *_JAX]
+]
+_JAX = frozenset(__all__[__all__.index("GPTConfig"):])
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH:
-        from . import torch_models
-
-        return getattr(torch_models, name)
     if name in _JAX:
         from . import jax_models
 
         return getattr(jax_models, name)
+    if name in __all__:
+        from . import torch_models
+
+        return getattr(torch_models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

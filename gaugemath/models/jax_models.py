@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -155,52 +156,52 @@ def init_gpt(key: jax.Array, cfg: GPTConfig, dtype: Any = jnp.float32) -> Params
     (the draws differ from torch's, of course).
     """
     layout = _gpt_layout(cfg)
-    keys = iter(jax.random.split(key, len(layout)))
+    drawn = [(n, shape) for n, (shape, how) in layout.items() if how == "normal"]
+    sizes = [math.prod(shape) for _, shape in drawn]
+    flat = INIT_STD * jax.random.normal(key, (sum(sizes),), dtype)  # one draw: few eager compilations
+    normal = dict(zip([n for n, _ in drawn], jnp.split(flat, np.cumsum(sizes)[:-1].tolist())))
     params: Params = {}
     for name, (shape, how) in layout.items():
-        k = next(keys)
         if how == "normal":
-            params[name] = INIT_STD * jax.random.normal(k, shape, dtype)
-        elif how == "ones":
-            params[name] = jnp.ones(shape, dtype)
+            params[name] = normal[name].reshape(shape)
         else:
-            params[name] = jnp.zeros(shape, dtype)
+            params[name] = (jnp.ones if how == "ones" else jnp.zeros)(shape, dtype)
     return params
 
 
 def mlp_init(key: jax.Array, d_in: int, hidden: int, d_out: int, dtype: Any = jnp.float32) -> Params:
     """Parameters of the torch ``MLP(d_in, hidden, d_out)``, with ``nn.Linear``'s default init:
     weights and biases ``U(-1/√fan_in, 1/√fan_in)``."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-
-    def u(k, shape, fan_in):
-        bound = 1.0 / math.sqrt(fan_in)
-        return jax.random.uniform(k, shape, dtype, -bound, bound)
-
-    return {
-        "fc_in.weight": u(k1, (hidden, d_in), d_in),
-        "fc_in.bias": u(k2, (hidden,), d_in),
-        "fc_out.weight": u(k3, (d_out, hidden), hidden),
-        "fc_out.bias": u(k4, (d_out,), hidden),
-    }
+    shapes = {"fc_in.weight": (hidden, d_in), "fc_in.bias": (hidden,),
+              "fc_out.weight": (d_out, hidden), "fc_out.bias": (d_out,)}
+    fan_in = {"fc_in.weight": d_in, "fc_in.bias": d_in, "fc_out.weight": hidden, "fc_out.bias": hidden}
+    sizes = [math.prod(s) for s in shapes.values()]
+    flat = jax.random.uniform(key, (sum(sizes),), dtype, -1.0, 1.0)  # one draw, split below
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1].tolist())
+    return {n: (1.0 / math.sqrt(fan_in[n])) * u.reshape(s) for (n, s), u in zip(shapes.items(), parts)}
 
 
 # --- layers ------------------------------------------------------------------------------------
+#
+# Each layer is a jitted function of arrays (and static ints/bools), so that eager calls and
+# eager ``jax.grad`` compile one small program per layer kind and shape, shared by all blocks and
+# configurations, instead of one per primitive; under an outer ``jax.jit`` they are inlined.
 
 
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """``nn.Linear``: ``w`` is ``(out, in)``."""
-    y = x @ w.T
+    """``nn.Linear``: ``w`` is ``(out, in)``, ``y = x @ w.T + b``."""
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
     return y if b is None else y + b
 
 
-def _opmath(dtype) -> Any:
-    """torch's opmath type: float32 for half types, the dtype itself otherwise."""
+def _opmath(dtype: Any) -> Any:
+    """torch's opmath type: float32 for float16/bfloat16, the dtype itself otherwise."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
+@jax.jit
 def _rmsnorm(x: jax.Array, gain: jax.Array) -> jax.Array:
-    """``nn.RMSNorm(d)`` (``eps=None``): eps is the machine epsilon of the opmath type."""
+    """``nn.RMSNorm(d)`` with ``eps=None``: ``eps`` is the machine epsilon of the opmath type."""
     acc = _opmath(x.dtype)
     xa = x.astype(acc)
     eps = float(jnp.finfo(acc).eps)
@@ -208,6 +209,7 @@ def _rmsnorm(x: jax.Array, gain: jax.Array) -> jax.Array:
     return (y * gain.astype(acc)).astype(x.dtype)
 
 
+@jax.jit
 def _layernorm(x: jax.Array, gain: jax.Array, bias: jax.Array) -> jax.Array:
     """``nn.LayerNorm(d)``: biased variance, ``eps = 1e-5``."""
     acc = _opmath(x.dtype)
@@ -218,51 +220,68 @@ def _layernorm(x: jax.Array, gain: jax.Array, bias: jax.Array) -> jax.Array:
     return (y * gain.astype(acc) + bias.astype(acc)).astype(x.dtype)
 
 
+def _rope(x: jax.Array, base: float = ROPE_BASE) -> jax.Array:
+    """Interleaved RoPE on ``x``: ``(B, H, T, D)``, positions ``0..T-1`` (as ``RotaryEmbedding``)."""
+    seq, d_head = x.shape[-2], x.shape[-1]
+    freqs = base ** (-np.arange(0, d_head, 2, dtype=np.float64) / d_head)  # ω_j, (D/2,)
+    angles = np.arange(seq, dtype=np.float64)[:, None] * freqs[None, :]  # (T, D/2), float64 as torch
+    cos, sin = jnp.asarray(np.cos(angles), x.dtype), jnp.asarray(np.sin(angles), x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
+    out = jnp.stack((cos * even - sin * odd, sin * even + cos * odd), axis=-1)  # (B, H, T, D/2, 2)
+    return out.reshape(x.shape)
+
+
+@partial(jax.jit, static_argnames=("n_heads", "rope"))
+def _attention(wq: jax.Array, wk: jax.Array, wv: jax.Array, wo: jax.Array, x: jax.Array, *, n_heads: int,
+               rope: bool) -> jax.Array:
+    """Causal multi-head attention, ``x``: ``(B, T, d)``; head ``h`` is rows ``h·D:(h+1)·D`` of ``wq, wk, wv``."""
+    batch, seq, _ = x.shape
+    dh = wq.shape[0] // n_heads
+
+    def heads(w: jax.Array) -> jax.Array:  # (B, T, H·D) → (B, H, T, D)
+        return _linear(x, w).reshape(batch, seq, n_heads, dh).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(wq), heads(wk), heads(wv)
+    if rope:
+        q, k = _rope(q), _rope(k)
+    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(dh))  # (B, H, T, T)
+    scores = jnp.where(jnp.tril(jnp.ones((seq, seq), dtype=bool)), scores, -jnp.inf)
+    y = jax.nn.softmax(scores, axis=-1) @ v  # (B, H, T, D)
+    return _linear(y.transpose(0, 2, 1, 3).reshape(batch, seq, n_heads * dh), wo)
+
+
+@jax.jit
+def _swiglu(w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, x: jax.Array) -> jax.Array:
+    return _linear(jax.nn.silu(_linear(x, w_gate)) * _linear(x, w_up), w_down)
+
+
+@jax.jit
+def _relu_mlp(w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, b_out: jax.Array, x: jax.Array) -> jax.Array:
+    return _linear(jax.nn.relu(_linear(x, w_in, b_in)), w_out, b_out)
+
+
+_head = jax.jit(_linear)
+
+
+@partial(jax.jit, static_argnames="ignore_index")
+def _cross_entropy(logits: jax.Array, targets: jax.Array, ignore_index: int) -> jax.Array:
+    """``F.cross_entropy`` (mean over the targets that are not ``ignore_index``)."""
+    logp = jax.nn.log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
+    t = targets.reshape(-1)
+    keep = t != ignore_index
+    nll = -jnp.take_along_axis(logp, jnp.where(keep, t, 0)[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(keep, nll, 0)) / jnp.sum(keep).astype(nll.dtype)
+
+
 def _norm(params: Params, prefix: str, x: jax.Array, cfg: GPTConfig) -> jax.Array:
     if cfg.norm == "rmsnorm":
         return _rmsnorm(x, params[f"{prefix}.weight"])
     return _layernorm(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"])
 
 
-def _rope(x: jax.Array, base: float = ROPE_BASE) -> jax.Array:
-    """Interleaved RoPE on ``x``: ``(B, H, T, D)``, positions ``0..T-1`` (as ``RotaryEmbedding``)."""
-    seq, d_head = x.shape[-2], x.shape[-1]
-    freqs = base ** (-np.arange(0, d_head, 2, dtype=np.float64) / d_head)  # (D/2,)
-    angles = np.arange(seq, dtype=np.float64)[:, None] * freqs[None, :]  # (T, D/2)
-    cos, sin = jnp.asarray(np.cos(angles), x.dtype), jnp.asarray(np.sin(angles), x.dtype)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    out = jnp.stack((cos * even - sin * odd, sin * even + cos * odd), axis=-1)  # (B, H, T, D/2, 2)
-    return out.reshape(x.shape)
-
-
-def _attention(params: Params, prefix: str, x: jax.Array, cfg: GPTConfig) -> jax.Array:
-    batch, seq, _ = x.shape
-    h, dh = cfg.n_heads, cfg.d_head
-
-    def heads(name: str) -> jax.Array:  # (B, T, H·D) → (B, H, T, D)
-        return _linear(x, params[f"{prefix}.{name}.weight"]).reshape(batch, seq, h, dh).transpose(0, 2, 1, 3)
-
-    q, k, v = heads("q"), heads("k"), heads("v")
-    if cfg.rope:
-        q, k = _rope(q), _rope(k)
-    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(dh))  # (B, H, T, T)
-    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    scores = jnp.where(causal, scores, -jnp.inf)
-    y = jax.nn.softmax(scores, axis=-1) @ v  # (B, H, T, D)
-    return _linear(y.transpose(0, 2, 1, 3).reshape(batch, seq, h * dh), params[f"{prefix}.o.weight"])
-
-
-def _ffn(params: Params, prefix: str, x: jax.Array, cfg: GPTConfig) -> jax.Array:
-    if cfg.mlp == "swiglu":
-        gate = _linear(x, params[f"{prefix}.gate.weight"])
-        return _linear(jax.nn.silu(gate) * _linear(x, params[f"{prefix}.up.weight"]), params[f"{prefix}.down.weight"])
-    return mlp_apply({k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}, x)
-
-
 def mlp_apply(params: Params, x: jax.Array) -> jax.Array:
     """``fc_out(relu(fc_in x))``: ``x`` ``(..., d_in)`` → ``(..., d_out)`` (torch ``MLP``/``ReluMLP``)."""
-    hidden = jax.nn.relu(_linear(x, params["fc_in.weight"], params["fc_in.bias"]))
-    return _linear(hidden, params["fc_out.weight"], params["fc_out.bias"])
+    return _relu_mlp(params["fc_in.weight"], params["fc_in.bias"], params["fc_out.weight"], params["fc_out.bias"], x)
 
 
 def gpt_apply(params: Params, idx: jax.Array, cfg: GPTConfig) -> jax.Array:
@@ -275,21 +294,25 @@ def gpt_apply(params: Params, idx: jax.Array, cfg: GPTConfig) -> jax.Array:
         x = x + params["pos.weight"][:seq]
     for i in range(cfg.n_layers):
         b = f"blocks.{i}"
-        x = x + _attention(params, f"{b}.attn", _norm(params, f"{b}.ln1", x, cfg), cfg)
-        x = x + _ffn(params, f"{b}.mlp", _norm(params, f"{b}.ln2", x, cfg), cfg)
-    return _linear(_norm(params, "ln_f", x, cfg), params["head.weight"], params["head.bias"])
+        a = f"{b}.attn"
+        x = x + _attention(params[f"{a}.q.weight"], params[f"{a}.k.weight"], params[f"{a}.v.weight"],
+                           params[f"{a}.o.weight"], _norm(params, f"{b}.ln1", x, cfg),
+                           n_heads=cfg.n_heads, rope=cfg.rope)
+        h = _norm(params, f"{b}.ln2", x, cfg)
+        m = f"{b}.mlp"
+        if cfg.mlp == "swiglu":
+            x = x + _swiglu(params[f"{m}.gate.weight"], params[f"{m}.up.weight"], params[f"{m}.down.weight"], h)
+        else:
+            x = x + _relu_mlp(params[f"{m}.fc_in.weight"], params[f"{m}.fc_in.bias"], params[f"{m}.fc_out.weight"],
+                              params[f"{m}.fc_out.bias"], h)
+    return _head(_norm(params, "ln_f", x, cfg), params["head.weight"], params["head.bias"])
 
 
 def gpt_loss(params: Params, idx: jax.Array, targets: jax.Array, cfg: GPTConfig, *,
              ignore_index: int = -100) -> jax.Array:
     """Mean next-token cross-entropy over ``(B, T)`` targets, as torch ``GPT.loss``
     (``F.cross_entropy``: targets equal to ``ignore_index`` are left out of sum and count)."""
-    logits = gpt_apply(params, idx, cfg)
-    logp = jax.nn.log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
-    t = targets.reshape(-1)
-    keep = t != ignore_index
-    nll = -jnp.take_along_axis(logp, jnp.where(keep, t, 0)[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(keep, nll, 0)) / jnp.sum(keep).astype(nll.dtype)
+    return _cross_entropy(gpt_apply(params, idx, cfg), targets, ignore_index=ignore_index)
 
 
 # --- conversion from torch -----------------------------------------------------------------------
