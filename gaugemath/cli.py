@@ -109,7 +109,7 @@ def _cmd_verify(args) -> int:
 
     try:
         ok = verify(args.backend, args.dtype, args.steps, names=args.names or None, control=not args.no_control,
-                    vertical=args.vertical)
+                    vertical=args.vertical, optimizer=args.optimizer)
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="equivariance protocol (ddc.md §3) on a backend's DDCAdam")
     p.add_argument("names", nargs="*", help="constructions (default: all)")
     p.add_argument("--backend", default="torch", choices=["torch", "jax"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "muon"], help="DDCAdam (default) or DDCMuon")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"])

@@ -157,7 +157,7 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
 
     import torch
 
-    from gaugemath.backends.torch import DDCAdam, bind
+    from gaugemath.backends.torch import DDCAdam, DDCMuon, bind
 
     torch.manual_seed(seed)
     tdtype = getattr(torch, dtype)
@@ -173,14 +173,23 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
 
     def make_opt(m, b):
         if optimizer == "adamw":
-            return torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)
-        return DDCAdam(m.parameters(), binding=b, lr=lr, weight_decay=weight_decay, vertical=vertical)
+            return [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)]
+        if optimizer == "muon":  # torch.optim.Muon on the matrices, AdamW on the rest
+            mats = [p for p in m.parameters() if p.dim() == 2]
+            rest = [p for p in m.parameters() if p.dim() != 2]
+            return [torch.optim.Muon(mats, lr=lr, weight_decay=weight_decay)] + (
+                [torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay)] if rest else [])
+        if optimizer == "ddc_muon":
+            return [DDCMuon(m.parameters(), binding=b, lr=lr, weight_decay=weight_decay, adam_lr=lr,
+                            adam_weight_decay=weight_decay, vertical=vertical)]
+        return [DDCAdam(m.parameters(), binding=b, lr=lr, weight_decay=weight_decay, vertical=vertical)]
 
-    opt_a, opt_b = make_opt(model, binding), make_opt(model_b, binding_b)
+    opts_a, opts_b = make_opt(model, binding), make_opt(model_b, binding_b)
     data = torch.Generator().manual_seed(seed + 2)
     worst = 0.0
     for _ in range(steps):
-        opt_a.zero_grad()
+        for o in opts_a:
+            o.zero_grad()
         loss_fn(model, data).backward()
         with torch.no_grad():
             grads = [p.grad.clone() for _, p in binding.params]
@@ -191,8 +200,8 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
         free_b = [p for p in model_b.parameters() if all(p is not q for _, q in binding_b.params)]
         for pa, pb in zip(free_a, free_b):
             pb.grad = pa.grad.clone()
-        opt_a.step()
-        opt_b.step()
+        for o in opts_a + opts_b:
+            o.step()
         with torch.no_grad():
             image = [p.detach().clone() for _, p in binding.params]
             _act_all(binding, g, image)
@@ -268,11 +277,16 @@ def run_protocol_jax(construction: Construction, optimizer: str = "ddc_adam", dt
 
 
 def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, names=None, control: bool = True,
-           vertical: str = "freeze", out=print) -> bool:
+           vertical: str = "freeze", out=print, optimizer: str = "adam") -> bool:
     """Print ``<name> <max_rel_dev> <PASS|FAIL>`` per construction (and the AdamW control)."""
     if backend not in ("torch", "jax"):
         raise ValueError(f"backend {backend!r}: choose 'torch' or 'jax'")
     run = run_protocol if backend == "torch" else run_protocol_jax
+    if optimizer not in ("adam", "muon"):
+        raise ValueError(f"optimizer {optimizer!r}: choose 'adam' or 'muon'")
+    if optimizer == "muon" and backend != "torch":
+        raise ValueError("DDCMuon is available for the torch backend only (the JAX ddc_muon is not built yet)")
+    ours, peer = ("ddc_adam", "adamw") if optimizer == "adam" else ("ddc_muon", "muon")
     if dtype not in THRESHOLDS:
         raise ValueError(f"dtype {dtype!r}: choose from {sorted(THRESHOLDS)}")
     tol = THRESHOLDS[dtype]
@@ -280,13 +294,13 @@ def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, name
     for c in _constructions():
         if names and c.name not in names:
             continue
-        dev = run(c, "ddc_adam", dtype, steps, vertical=vertical)
+        dev = run(c, ours, dtype, steps, vertical=vertical)
         passed = dev < tol
         ok &= passed
         out(f"{c.name} {dev:.3e} {'PASS' if passed else 'FAIL'}")
         if control:
-            dev = run(c, "adamw", dtype, steps)
+            dev = run(c, peer, dtype, steps)
             failed = dev >= tol
             ok &= failed
-            out(f"adamw:{c.name} {dev:.3e} {'FAIL (expected)' if failed else 'PASS (control should fail!)'}")
+            out(f"{peer}:{c.name} {dev:.3e} {'FAIL (expected)' if failed else 'PASS (control should fail!)'}")
     return ok

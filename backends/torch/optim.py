@@ -222,7 +222,7 @@ class DDCAdam(torch.optim.Optimizer):
                     p.copy_(t)
 
     def _ddc(self, group: dict, plan: dict) -> None:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
         vertical, veps = group["vertical"], group["vertical_eps"]
         params, fams, proj = plan["bound"], plan["families"], plan["projector"]
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
@@ -247,23 +247,7 @@ class DDCAdam(torch.optim.Optimizer):
         grad_h = grad  # g̃ is not needed again: make it horizontal in place
         for fam, c in zip(fams, coef_g):
             fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
-        for st in states:  # 3. Adam in the canonical frame (foreach, in the state dtype)
-            st["step"] += 1
-        step = float(states[0]["step"])
-        bc1, bc2 = 1 - b1**step, 1 - b2**step
-        m = [st["exp_avg"] for st in states]
-        v = [st["exp_avg_sq"] for st in states]
-        gs = grad_h if sdtype == work else [g.to(sdtype) for g in grad_h]
-        torch._foreach_lerp_(m, gs, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, gs, gs, 1 - b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, eps)
-        u = torch._foreach_div(m, denom)
-        torch._foreach_div_(u, bc1)
-        if sdtype != work:
-            u = [x.to(work) for x in u]
+        u, bc1, bc2 = self._base_directions(group, params, states, grad_h, theta, sdtype, work)
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack([fam.coords(theta, u) for fam in fams], [fam.coords(theta, theta) for fam in fams])
         coef = proj.solve(fact, rhs)
@@ -283,6 +267,30 @@ class DDCAdam(torch.optim.Optimizer):
             self._check_update(theta, plan, frames)
         for p, t in zip(params, theta):
             p.copy_(t)
+
+    def _base_directions(self, group, params, states, grad_h, theta, sdtype, work):
+        """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the
+        state dtype); returns ``u`` (the step is ``−lr (u + λθ̃)`` before projection) and the bias
+        corrections."""
+        (b1, b2), eps = group["betas"], group["eps"]
+        for st in states:
+            st["step"] += 1
+        step = float(states[0]["step"])
+        bc1, bc2 = 1 - b1**step, 1 - b2**step
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        gs = grad_h if sdtype == work else [g.to(sdtype) for g in grad_h]
+        torch._foreach_lerp_(m, gs, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, gs, gs, 1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, eps)
+        u = torch._foreach_div(m, denom)
+        torch._foreach_div_(u, bc1)
+        if sdtype != work:
+            u = [x.to(work) for x in u]
+        return u, bc1, bc2
 
     def _vertical_adam(self, st0: dict, f: int, fam, c: Tensor, fact, b1, b2, bc1, bc2, veps) -> Tensor:
         """Scalar Adam per orbit coordinate on normalised generators; returns coefficients on ``X``."""
