@@ -249,8 +249,12 @@ def run_protocol_jax(construction: Construction, optimizer: str = "ddc_adam", dt
         return {**tree, **dict(zip(binding.paths, leaves))}
 
     params_b = act(params_a)
+    mats = [n for n, v in params_a.items() if v.ndim == 2]
     if optimizer == "adamw":
         tx = optax.adamw(lr, weight_decay=weight_decay)
+    elif optimizer in ("ddc_muon", "muon"):  # "muon": the same transformation with no gauges
+        tx = gj.ddc_muon(lr, weight_decay, binding if optimizer == "ddc_muon" else None, muon_leaves=mats,
+                         adam_lr=lr, adam_weight_decay=weight_decay, vertical=vertical)
     else:
         tx = gj.ddc_adam(lr, weight_decay=weight_decay, gauges=binding, vertical=vertical)
     update = jax.jit(tx.update)
@@ -284,8 +288,6 @@ def verify(backend: str = "torch", dtype: str = "float32", steps: int = 50, name
     run = run_protocol if backend == "torch" else run_protocol_jax
     if optimizer not in ("adam", "muon"):
         raise ValueError(f"optimizer {optimizer!r}: choose 'adam' or 'muon'")
-    if optimizer == "muon" and backend != "torch":
-        raise ValueError("DDCMuon is available for the torch backend only (the JAX ddc_muon is not built yet)")
     ours, peer = ("ddc_adam", "adamw") if optimizer == "adam" else ("ddc_muon", "muon")
     if dtype not in THRESHOLDS:
         raise ValueError(f"dtype {dtype!r}: choose from {sorted(THRESHOLDS)}")

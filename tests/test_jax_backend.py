@@ -134,3 +134,48 @@ def test_bad_input_names_leaf_and_gauge():
     missing = gj.ddc_adam(1e-2, gauges=gj.bind(params, MLP_SPEC))
     with pytest.raises(GaugeError, match="missing from the parameter pytree"):
         missing.init({k: v for k, v in params.items() if k != "fc_out.weight"})
+
+
+def _cross_backend_muon(name: str, dtype: str, steps: int, gauged: bool = True) -> float:
+    """torch DDCMuon and JAX ddc_muon (Newton–Schulz in the parameter dtype) from identical states."""
+    torch.manual_seed(0)
+    model, specs, loss_fn = CONSTRUCTIONS[name].make()
+    tdtype = getattr(torch, dtype)
+    model = model.to(tdtype)
+    specs = specs if specs is not None else detect(model)
+    mats = [n for n, p in model.named_parameters() if p.dim() == 2]
+    from gaugemath.backends.torch import DDCMuon
+
+    opt = DDCMuon(model.parameters(), binding=torch_bind(model, specs) if gauged else None, lr=1e-2, adam_lr=3e-3,
+                  ns_dtype=tdtype)
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    tx = gj.ddc_muon(1e-2, gauges=gj.bind(params, specs) if gauged else None, muon_leaves=mats, adam_lr=3e-3,
+                     ns_dtype=getattr(jnp, dtype))
+    state, update = tx.init(params), jax.jit(tx.update)
+    gen, worst = torch.Generator().manual_seed(2), 0.0
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model, gen).backward()
+        grads = {n: jnp.asarray(p.grad.numpy()) for n, p in model.named_parameters()}
+        opt.step()
+        u, state = update(grads, state, params)
+        params = optax.apply_updates(params, u)
+        num = sum(float(np.sum((np.asarray(params[n]) - p.detach().numpy()) ** 2)) for n, p in model.named_parameters())
+        den = sum(float(np.sum(p.detach().numpy() ** 2)) for _, p in model.named_parameters())
+        worst = max(worst, (num / den) ** 0.5)
+    return worst
+
+
+@pytest.mark.parametrize("name", ["relu_rescale", "head_rotation.rope", "transformer.rmsnorm_swiglu"])
+def test_ddc_muon_torch_and_jax_agree(name):
+    """With no gauges torch DDCMuon is torch.optim.Muon + AdamW (test_torch_muon.py); JAX follows it."""
+    assert _cross_backend_muon(name, "float32", 20, gauged=False) < 1e-6
+    assert _cross_backend_muon(name, "float32", 20) < 1e-6
+    assert _cross_backend_muon(name, "float64", 20) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["swiglu_rescale", "head_rotation.norope"])
+def test_jax_ddc_muon_protocol(name):
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_muon", "float32", steps=10) < 1e-6
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_muon", "float64", steps=10) < 1e-12
+    assert V.run_protocol_jax(CONSTRUCTIONS[name], "muon", "float64", steps=10) > 1e-3

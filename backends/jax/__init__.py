@@ -5,6 +5,6 @@ Formulas are generated into ``_generated.py`` by ``gaugemath codegen`` (``jax.nu
 
 from .._spec import GaugeSpec
 from .binding import JaxBinding, bind, leaf_paths
-from .optim import DDCAdamState, ddc_adam
+from .optim import DDCAdamState, ddc_adam, ddc_muon, newton_schulz
 
-__all__ = ["DDCAdamState", "GaugeSpec", "JaxBinding", "bind", "ddc_adam", "leaf_paths"]
+__all__ = ["DDCAdamState", "GaugeSpec", "JaxBinding", "bind", "ddc_adam", "ddc_muon", "leaf_paths", "newton_schulz"]

@@ -36,6 +36,54 @@ class DDCAdamState(NamedTuple):
     mu: Any
     nu: Any
     vertical: tuple
+    momentum: Any = ()  # ddc_muon: one momentum buffer per Muon leaf (tuple, in leaf order)
+
+
+def newton_schulz(g, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps: float = 1e-7,
+                  dtype=jnp.bfloat16):
+    """Quintic Newton–Schulz ``≈ msign(g)``, as ``torch.optim.Muon`` (and the torch backend) computes it."""
+    a, b, c = coefficients
+    x = g.astype(dtype)
+    tall = g.shape[0] > g.shape[1]
+    if tall:
+        x = x.T
+    x = x / jnp.maximum(jnp.linalg.norm(x), eps).astype(dtype)
+    for _ in range(steps):
+        gram = x @ x.T
+        update = b * gram + c * (gram @ gram)
+        x = a * x + update @ x
+    return x.T if tall else x
+
+
+def _adjust(lr_fn, shape) -> float:
+    a, b = shape[:2]
+    if lr_fn is None or lr_fn == "original":
+        return math.sqrt(max(1, a / b))
+    if lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(a, b))
+    return 1.0
+
+
+def ddc_muon(learning_rate: float | Callable = 0.02, weight_decay: float = 0.1, gauges: JaxBinding | None = None, *,
+             muon_leaves=None, momentum: float = 0.95, nesterov: bool = True,
+             ns_coefficients=(3.4445, -4.775, 2.0315), ns_steps: int = 5, eps: float = 1e-7,
+             adjust_lr_fn: str | None = None, adam_lr: float | Callable = 3e-4, adam_b1: float = 0.9,
+             adam_b2: float = 0.999, adam_eps: float = 1e-8, adam_weight_decay: float = 0.1,
+             ns_dtype=jnp.bfloat16, canonical_ns_dtype=None, **ddc) -> optax.GradientTransformation:
+    """DDCMuon as an optax transformation: the JAX twin of ``gaugemath.backends.torch.DDCMuon``.
+
+    ``muon_leaves``: the leaf paths (2-D) that take Muon; the others take AdamW (``adam_*``). With no
+    gauges this is ``torch.optim.Muon`` + ``torch.optim.AdamW`` (tested through the torch backend).
+    Bound leaves: Muon momentum kept in the canonical frame, Newton–Schulz in ``canonical_ns_dtype``
+    (default float64 when ``jax_enable_x64`` is on, else float32).
+    """
+    if muon_leaves is None:
+        raise ValueError("ddc_muon needs muon_leaves: the leaf paths of the matrices that take Muon")
+    ns = canonical_ns_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    config = dict(paths=frozenset(muon_leaves), momentum=momentum, nesterov=nesterov,
+                  ns_coefficients=tuple(ns_coefficients), ns_steps=ns_steps, eps=eps, adjust_lr_fn=adjust_lr_fn,
+                  adam_lr=adam_lr, adam_weight_decay=adam_weight_decay, ns_dtype=ns_dtype, canonical_ns_dtype=ns)
+    return ddc_adam(learning_rate, adam_b1, adam_b2, adam_eps, weight_decay, gauges, _muon=config, **ddc)
 
 
 def _state_dtype(dtype):
@@ -45,7 +93,7 @@ def _state_dtype(dtype):
 def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
              weight_decay: float = 1e-2, gauges: JaxBinding | None = None, *, vertical: str = "freeze",
              vertical_eps: float | None = None, vertical_rtol: float | None = None, canonical_dtype=None,
-             nonfinite: str = "skip") -> optax.GradientTransformation:
+             nonfinite: str = "skip", _muon: dict | None = None) -> optax.GradientTransformation:
     """DDCAdam for a parameter pytree bound by :func:`gaugemath.backends.jax.bind` (``gauges``)."""
     if vertical not in VERTICAL:
         raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
@@ -82,7 +130,12 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         sd = _state_dtype(leaves[idx[0]].dtype) if idx else jnp.float32
         vert = tuple((jnp.zeros(s, sd), jnp.zeros(s, sd)) for s in vertical_shapes(leaves, idx)) \
             if vertical == "adam" else ()
-        return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert)
+        mom = ()
+        if _muon is not None:
+            bound = set(idx)
+            mom = tuple(jnp.zeros(leaves[i].shape, _muon["canonical_ns_dtype"] if i in bound else leaves[i].dtype)
+                        for i, p in enumerate(paths) if p in _muon["paths"])
+        return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert, mom)
 
     def update(grads, state, params=None):
         if params is None:
@@ -111,8 +164,21 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_m, new_v = list(m_leaves), list(v_leaves)
         updates = [jnp.zeros_like(p) for p in p_leaves]
         bound = set(idx)
-        for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):  # optax.adamw, operation for operation
+        muon_pos = {i: k for k, i in enumerate(j for j, q in enumerate(paths) if _muon and q in _muon["paths"])}
+        new_mom = list(state.momentum)
+        alr = (_muon["adam_lr"](state.count) if callable(_muon["adam_lr"]) else _muon["adam_lr"]) if _muon else lr
+        awd = _muon["adam_weight_decay"] if _muon else weight_decay
+        for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):  # optax.adamw / torch Muon, op for op
             if i in bound:
+                continue
+            if i in muon_pos:
+                buf = state.momentum[muon_pos[i]]
+                buf = buf + (1 - _muon["momentum"]) * (g - buf)
+                d = g + _muon["momentum"] * (buf - g) if _muon["nesterov"] else buf
+                o = newton_schulz(d, _muon["ns_coefficients"], _muon["ns_steps"], _muon["eps"], _muon["ns_dtype"])
+                new_mom[muon_pos[i]] = buf
+                adj = _adjust(_muon["adjust_lr_fn"], p.shape)
+                updates[i] = (-(lr * weight_decay) * p - lr * adj * o.astype(p.dtype)).astype(p.dtype)
                 continue
             sd = _state_dtype(p.dtype)
             gs = g.astype(sd)
@@ -120,14 +186,18 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             v = (1 - b2) * (gs * gs) + b2 * v_leaves[i]
             m_hat = m / (1 - b1 ** t).astype(sd)
             v_hat = v / (1 - b2 ** t).astype(sd)
-            u = m_hat / (jnp.sqrt(v_hat) + eps) + weight_decay * p.astype(sd)
+            u = m_hat / (jnp.sqrt(v_hat) + eps) + awd * p.astype(sd)
             new_m[i], new_v[i] = m, v
-            updates[i] = (-lr * u).astype(p.dtype)
+            updates[i] = (-alr * u).astype(p.dtype)
         new_vert = state.vertical
         if idx:
-            theta_new, ms, vs, new_vert = _ddc_step([p_leaves[i] for i in idx], [g_leaves[i] for i in idx],
-                                                   [m_leaves[i] for i in idx], [v_leaves[i] for i in idx],
-                                                   state.vertical, t, lr)
+            bufs = [state.momentum[muon_pos[i]] if i in muon_pos else None for i in idx]
+            theta_new, ms, vs, new_vert, bufs = _ddc_step([p_leaves[i] for i in idx], [g_leaves[i] for i in idx],
+                                                          [m_leaves[i] for i in idx], [v_leaves[i] for i in idx],
+                                                          state.vertical, t, lr, bufs, alr, awd)
+            for i, buf in zip(idx, bufs):
+                if i in muon_pos:
+                    new_mom[muon_pos[i]] = buf
             for k, i in enumerate(idx):
                 updates[i] = (theta_new[k] - p_leaves[i].astype(theta_new[k].dtype)).astype(p_leaves[i].dtype)
                 new_m[i], new_v[i] = ms[k], vs[k]
@@ -136,11 +206,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_v = [keep(a, b) for a, b in zip(new_v, v_leaves)]
         updates = [jnp.where(finite, u, jnp.zeros_like(u)) for u in updates]
         new_vert = jax.tree_util.tree_map(keep, new_vert, state.vertical)
+        new_mom = tuple(keep(a, b) for a, b in zip(new_mom, state.momentum))
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
-        new_state = DDCAdamState(jnp.where(finite, count, state.count), unflat(new_m), unflat(new_v), new_vert)
+        new_state = DDCAdamState(jnp.where(finite, count, state.count), unflat(new_m), unflat(new_v), new_vert,
+                                 new_mom)
         return unflat(updates), new_state
 
-    def _ddc_step(params, grads, ms, vs, vert_state, t, lr):
+    def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd):
         fams = binding.families
         sd = _state_dtype(params[0].dtype)
         work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
@@ -162,14 +234,29 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         for fam, c in zip(fams, coef_g):
             grad = fam.lift(c[..., 0], theta, grad, alpha=-1.0)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        new_ms, new_vs, u = [], [], []
-        for m, v, g in zip(ms, vs, grad):  # torch's Adam: lerp, addcmul, sqrt(v)/sqrt(bc2) + eps
-            gs = g.astype(sd)
+        new_ms, new_vs, u, new_bufs = [], [], [], []
+        for k, (m, v, g) in enumerate(zip(ms, vs, grad)):
+            if bufs[k] is not None:  # Muon in the canonical frame (ddc_muon)
+                buf = bufs[k] + (1 - _muon["momentum"]) * (g.astype(bufs[k].dtype) - bufs[k])
+                gb = g.astype(buf.dtype)
+                d = gb + _muon["momentum"] * (buf - gb) if _muon["nesterov"] else buf
+                o = newton_schulz(d, _muon["ns_coefficients"], _muon["ns_steps"], _muon["eps"],
+                                  _muon["canonical_ns_dtype"])
+                new_ms.append(m)
+                new_vs.append(v)
+                new_bufs.append(buf)
+                u.append(o.astype(work) * _adjust(_muon["adjust_lr_fn"], params[k].shape))
+                continue
+            gs = g.astype(sd)  # torch's Adam: lerp, addcmul, sqrt(v)/sqrt(bc2) + eps
             m = m + (1 - b1) * (gs - m)
             v = b2 * v + (1 - b2) * (gs * gs)
             new_ms.append(m)
             new_vs.append(v)
-            u.append(((m / bc1.astype(sd)) / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + eps)).astype(work))
+            new_bufs.append(None)
+            d = ((m / bc1.astype(sd)) / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + eps)).astype(work)
+            if _muon is not None:  # lr (u + λθ̃) = adam_lr (d + λ_a θ̃)
+                d = (alr / lr) * (d + awd * theta[k]) - weight_decay * theta[k]
+            u.append(d)
         rhs = [jnp.stack([a, b], axis=-1) for a, b in zip([f.coords(theta, u) for f in fams],
                                                           [f.coords(theta, theta) for f in fams])]
         coef = projector.solve(fact, rhs)
@@ -187,7 +274,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         theta = [th - lr * d for th, d in zip(theta, delta)]
         for fam, h in zip(reversed(fams), reversed(frames)):
             theta = fam.act(h, theta, inverse=True)
-        return theta, new_ms, new_vs, tuple(new_vert) if vertical == "adam" else vert_state
+        return theta, new_ms, new_vs, (tuple(new_vert) if vertical == "adam" else vert_state), new_bufs
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
         if fam.kind == "head":
