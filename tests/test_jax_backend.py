@@ -179,3 +179,26 @@ def test_jax_ddc_muon_protocol(name):
     assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_muon", "float32", steps=10) < 1e-6
     assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_muon", "float64", steps=10) < 1e-12
     assert V.run_protocol_jax(CONSTRUCTIONS[name], "muon", "float64", steps=10) > 1e-3
+
+
+def test_ddc_muon_optax_style_is_optax_contrib_muon_over_100_steps():
+    from optax.contrib import MuonDimensionNumbers, muon
+
+    rng = np.random.default_rng(0)
+    shapes = {"a.weight": (8, 4), "a.bias": (8,), "b.weight": (3, 8), "b.bias": (3,), "c.weight": (6, 6)}
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+    mats = [k for k, s in shapes.items() if len(s) == 2]
+    dims = {k: (MuonDimensionNumbers(reduction_axis=1, output_axis=0) if k in mats else None) for k in shapes}
+    ref = muon(1e-2, weight_decay=0.1, adam_weight_decay=0.1, adam_learning_rate=3e-3,
+               muon_weight_dimension_numbers=dims)
+    ours = gj.ddc_muon(1e-2, 0.1, None, muon_leaves=mats, adam_lr=3e-3, adam_weight_decay=0.1, eps=1e-8,
+                       style="optax")
+    sa, sb, pa, pb = ours.init(params), ref.init(params), params, params
+    upd_a, upd_b = jax.jit(ours.update), jax.jit(ref.update)
+    for _ in range(100):
+        g = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in params.items()}
+        ua, sa = upd_a(g, sa, pa)
+        ub, sb = upd_b(g, sb, pb)
+        pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(pa[k]), np.asarray(pb[k]), rtol=1e-6, atol=1e-6)

@@ -43,16 +43,28 @@ def newton_schulz(g, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps:
                   dtype=jnp.bfloat16):
     """Quintic Newton–Schulz ``≈ msign(g)``, as ``torch.optim.Muon`` (and the torch backend) computes it."""
     a, b, c = coefficients
-    x = g.astype(dtype)
+    x = g.astype(dtype or g.dtype)
     tall = g.shape[0] > g.shape[1]
     if tall:
         x = x.T
-    x = x / jnp.maximum(jnp.linalg.norm(x), eps).astype(dtype)
+    x = x / jnp.maximum(jnp.linalg.norm(x), eps).astype(x.dtype)
     for _ in range(steps):
         gram = x @ x.T
         update = b * gram + c * (gram @ gram)
         x = a * x + update @ x
     return x.T if tall else x
+
+
+def _muon_direction(buf, g, t, cfg):
+    """Nesterov momentum fed to Newton–Schulz: torch's ``g.lerp(buf, β)``, or with ``style="optax"``
+    ``optax.contrib.scale_by_muon``'s bias-corrected ``β m/(1−β^{t+1}) + (1−β) g/(1−β^t)``."""
+    beta = cfg["momentum"]
+    if cfg["style"] == "optax":
+        if not cfg["nesterov"]:
+            return buf / (1 - beta**t).astype(buf.dtype)
+        corrected = buf / (1 - beta ** (t + 1)).astype(buf.dtype)
+        return beta * corrected + (1 - beta) * (g / (1 - beta**t).astype(buf.dtype))
+    return g + beta * (buf - g) if cfg["nesterov"] else buf
 
 
 def _adjust(lr_fn, shape) -> float:
@@ -69,20 +81,31 @@ def ddc_muon(learning_rate: float | Callable = 0.02, weight_decay: float = 0.1, 
              ns_coefficients=(3.4445, -4.775, 2.0315), ns_steps: int = 5, eps: float = 1e-7,
              adjust_lr_fn: str | None = None, adam_lr: float | Callable = 3e-4, adam_b1: float = 0.9,
              adam_b2: float = 0.999, adam_eps: float = 1e-8, adam_weight_decay: float = 0.1,
-             ns_dtype=jnp.bfloat16, canonical_ns_dtype=None, **ddc) -> optax.GradientTransformation:
+             style: str = "torch", ns_dtype=None, canonical_ns_dtype=None,
+             **ddc) -> optax.GradientTransformation:
     """DDCMuon as an optax transformation: the JAX twin of ``gaugemath.backends.torch.DDCMuon``.
 
     ``muon_leaves``: the leaf paths (2-D) that take Muon; the others take AdamW (``adam_*``). With no
     gauges this is ``torch.optim.Muon`` + ``torch.optim.AdamW`` (tested through the torch backend).
     Bound leaves: Muon momentum kept in the canonical frame, Newton–Schulz in ``canonical_ns_dtype``
     (default float64 when ``jax_enable_x64`` is on, else float32).
+
+    ``style="torch"`` (default): ``torch.optim.Muon`` + ``AdamW`` (bf16 Newton–Schulz on free leaves).
+    ``style="optax"``: ``optax.contrib.muon`` — bias-corrected Nesterov momentum, NAdam for the rest,
+    Newton–Schulz in the leaf dtype; equal to it with ``eps=1e-8`` and torch-layout dimension numbers
+    ``MuonDimensionNumbers(reduction_axis=1, output_axis=0)`` on optax's side (tested).
     """
+    if style not in ("torch", "optax"):
+        raise ValueError(f"style={style!r}: choose 'torch' or 'optax'")
+    if ns_dtype is None:
+        ns_dtype = jnp.bfloat16 if style == "torch" else None
     if muon_leaves is None:
         raise ValueError("ddc_muon needs muon_leaves: the leaf paths of the matrices that take Muon")
     ns = canonical_ns_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     config = dict(paths=frozenset(muon_leaves), momentum=momentum, nesterov=nesterov,
                   ns_coefficients=tuple(ns_coefficients), ns_steps=ns_steps, eps=eps, adjust_lr_fn=adjust_lr_fn,
-                  adam_lr=adam_lr, adam_weight_decay=adam_weight_decay, ns_dtype=ns_dtype, canonical_ns_dtype=ns)
+                  adam_lr=adam_lr, adam_weight_decay=adam_weight_decay, adam_nesterov=style == "optax", style=style,
+                  ns_dtype=ns_dtype, canonical_ns_dtype=ns)
     return ddc_adam(learning_rate, adam_b1, adam_b2, adam_eps, weight_decay, gauges, _muon=config, **ddc)
 
 
@@ -174,7 +197,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             if i in muon_pos:
                 buf = state.momentum[muon_pos[i]]
                 buf = buf + (1 - _muon["momentum"]) * (g - buf)
-                d = g + _muon["momentum"] * (buf - g) if _muon["nesterov"] else buf
+                d = _muon_direction(buf, g, t, _muon)
                 o = newton_schulz(d, _muon["ns_coefficients"], _muon["ns_steps"], _muon["eps"], _muon["ns_dtype"])
                 new_mom[muon_pos[i]] = buf
                 adj = _adjust(_muon["adjust_lr_fn"], p.shape)
@@ -185,6 +208,8 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             m = (1 - b1) * gs + b1 * m_leaves[i]
             v = (1 - b2) * (gs * gs) + b2 * v_leaves[i]
             m_hat = m / (1 - b1 ** t).astype(sd)
+            if _muon is not None and _muon["adam_nesterov"]:  # optax.scale_by_adam(nesterov=True): NAdam
+                m_hat = b1 * (m / (1 - b1 ** (t + 1)).astype(sd)) + (1 - b1) * (gs / (1 - b1 ** t).astype(sd))
             v_hat = v / (1 - b2 ** t).astype(sd)
             u = m_hat / (jnp.sqrt(v_hat) + eps) + awd * p.astype(sd)
             new_m[i], new_v[i] = m, v
@@ -238,8 +263,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         for k, (m, v, g) in enumerate(zip(ms, vs, grad)):
             if bufs[k] is not None:  # Muon in the canonical frame (ddc_muon)
                 buf = bufs[k] + (1 - _muon["momentum"]) * (g.astype(bufs[k].dtype) - bufs[k])
-                gb = g.astype(buf.dtype)
-                d = gb + _muon["momentum"] * (buf - gb) if _muon["nesterov"] else buf
+                d = _muon_direction(buf, g.astype(buf.dtype), t, _muon)
                 o = newton_schulz(d, _muon["ns_coefficients"], _muon["ns_steps"], _muon["eps"],
                                   _muon["canonical_ns_dtype"])
                 new_ms.append(m)
@@ -253,7 +277,10 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             new_ms.append(m)
             new_vs.append(v)
             new_bufs.append(None)
-            d = ((m / bc1.astype(sd)) / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + eps)).astype(work)
+            m_hat = m / bc1.astype(sd)
+            if _muon is not None and _muon["adam_nesterov"]:
+                m_hat = b1 * (m / (1 - b1 ** (t + 1)).astype(sd)) + (1 - b1) * (gs / bc1.astype(sd))
+            d = (m_hat / (jnp.sqrt(v) / jnp.sqrt(bc2).astype(sd) + eps)).astype(work)
             if _muon is not None:  # lr (u + λθ̃) = adam_lr (d + λ_a θ̃)
                 d = (alr / lr) * (d + awd * theta[k]) - weight_decay * theta[k]
             u.append(d)
