@@ -46,15 +46,26 @@ def test_no_gauges_is_optax_adamw_over_100_steps():
         np.testing.assert_allclose(np.asarray(pa[k]), np.asarray(pb[k]), rtol=1e-6, atol=1e-7)
 
 
-def _cross_backend(name: str, dtype: str, steps: int, seed: int = 0) -> float:
-    """torch DDCAdam and JAX ddc_adam from identical parameters, fed identical gradients."""
+def _cross_backend(name: str, dtype: str, steps: int, seed: int = 0, muon: bool = False, gauged: bool = True) -> float:
+    """torch and JAX DDCAdam (or DDCMuon, Newton–Schulz in the parameter dtype) from identical
+    parameters, fed identical gradients; max relative distance of the two trajectories."""
+    from gaugemath.backends.torch import DDCMuon
+
     torch.manual_seed(seed)
     model, specs, loss_fn = CONSTRUCTIONS[name].make()
-    model = model.to(getattr(torch, dtype))
+    tdtype = getattr(torch, dtype)
+    model = model.to(tdtype)
     specs = specs if specs is not None else detect(model)
-    opt = DDCAdam(model.parameters(), binding=torch_bind(model, specs), lr=1e-2, weight_decay=0.1)
     params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
-    tx = gj.ddc_adam(1e-2, weight_decay=0.1, gauges=gj.bind(params, specs))
+    t_binding = torch_bind(model, specs) if gauged else None
+    j_binding = gj.bind(params, specs) if gauged else None
+    if muon:
+        mats = [n for n, p in model.named_parameters() if p.dim() == 2]
+        opt = DDCMuon(model.parameters(), binding=t_binding, lr=1e-2, adam_lr=3e-3, ns_dtype=tdtype)
+        tx = gj.ddc_muon(1e-2, gauges=j_binding, muon_leaves=mats, adam_lr=3e-3, ns_dtype=getattr(jnp, dtype))
+    else:
+        opt = DDCAdam(model.parameters(), binding=t_binding, lr=1e-2, weight_decay=0.1)
+        tx = gj.ddc_adam(1e-2, weight_decay=0.1, gauges=j_binding)
     state, update = tx.init(params), jax.jit(tx.update)
     gen, worst = torch.Generator().manual_seed(seed + 2), 0.0
     for _ in range(steps):
@@ -136,42 +147,12 @@ def test_bad_input_names_leaf_and_gauge():
         missing.init({k: v for k, v in params.items() if k != "fc_out.weight"})
 
 
-def _cross_backend_muon(name: str, dtype: str, steps: int, gauged: bool = True) -> float:
-    """torch DDCMuon and JAX ddc_muon (Newton–Schulz in the parameter dtype) from identical states."""
-    torch.manual_seed(0)
-    model, specs, loss_fn = CONSTRUCTIONS[name].make()
-    tdtype = getattr(torch, dtype)
-    model = model.to(tdtype)
-    specs = specs if specs is not None else detect(model)
-    mats = [n for n, p in model.named_parameters() if p.dim() == 2]
-    from gaugemath.backends.torch import DDCMuon
-
-    opt = DDCMuon(model.parameters(), binding=torch_bind(model, specs) if gauged else None, lr=1e-2, adam_lr=3e-3,
-                  ns_dtype=tdtype)
-    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
-    tx = gj.ddc_muon(1e-2, gauges=gj.bind(params, specs) if gauged else None, muon_leaves=mats, adam_lr=3e-3,
-                     ns_dtype=getattr(jnp, dtype))
-    state, update = tx.init(params), jax.jit(tx.update)
-    gen, worst = torch.Generator().manual_seed(2), 0.0
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(model, gen).backward()
-        grads = {n: jnp.asarray(p.grad.numpy()) for n, p in model.named_parameters()}
-        opt.step()
-        u, state = update(grads, state, params)
-        params = optax.apply_updates(params, u)
-        num = sum(float(np.sum((np.asarray(params[n]) - p.detach().numpy()) ** 2)) for n, p in model.named_parameters())
-        den = sum(float(np.sum(p.detach().numpy() ** 2)) for _, p in model.named_parameters())
-        worst = max(worst, (num / den) ** 0.5)
-    return worst
-
-
 @pytest.mark.parametrize("name", ["relu_rescale", "head_rotation.rope", "transformer.rmsnorm_swiglu"])
 def test_ddc_muon_torch_and_jax_agree(name):
     """With no gauges torch DDCMuon is torch.optim.Muon + AdamW (test_torch_muon.py); JAX follows it."""
-    assert _cross_backend_muon(name, "float32", 20, gauged=False) < 1e-6
-    assert _cross_backend_muon(name, "float32", 20) < 1e-6
-    assert _cross_backend_muon(name, "float64", 20) < 1e-12
+    assert _cross_backend(name, "float32", 20, muon=True, gauged=False) < 1e-6
+    assert _cross_backend(name, "float32", 20, muon=True) < 1e-6
+    assert _cross_backend(name, "float64", 20, muon=True) < 1e-12
 
 
 @pytest.mark.parametrize("name", ["swiglu_rescale", "head_rotation.norope"])
