@@ -116,6 +116,38 @@ def _cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def _cmd_experiment(args) -> int:
+    from .experiments import experiment
+
+    try:
+        module = experiment(args.name)
+        overrides = {"steps": args.steps, "seeds": tuple(range(args.seeds)) if args.seeds else None,
+                     "optimizers": tuple(args.optimizers) if args.optimizers else None}
+        cfg = module.configure(args.scale, **overrides)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/{args.name}-{args.scale}"
+    result = module.run(cfg, out, show_progress=not args.no_progress)
+    print(result["table"])
+    print(f"\nresults, metrics and plots in {result['dir']}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .experiments import experiment
+
+    module = experiment("grokking")
+    cfg = module.configure("cpu")
+    print(f"Grokking (a + b) mod {cfg.modulus}, {cfg.depth}-block transformer, {cfg.train_fraction:.0%} of pairs for "
+          f"training, {cfg.steps} full-batch steps, seeds {list(cfg.seeds)}: AdamW vs DDCAdam "
+          f"(lr {cfg.optim.lr}, weight decay {cfg.optim.weight_decay}).")
+    result = module.run(cfg, args.out, show_progress=not args.no_progress)
+    print(result["table"])
+    print(f"\nresults, metrics and plots in {result['dir']} (grokking.png)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gaugemath", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"])
     p.add_argument("--no-control", action="store_true", help="skip the AdamW negative control")
     p.set_defaults(run=_cmd_verify)
+    p = sub.add_parser("experiment", help="seeded optimizer comparison (AdamW, DDCAdam, Muon, DDCMuon) with plots")
+    p.add_argument("name", help="experiment (see gaugemath.experiments.EXPERIMENTS)")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "paper"],
+                   help="cpu: minutes on 2 cores (default); paper: the paper's GPU-scale setting")
+    p.add_argument("--out", default=None, help="run directory (default: runs/NAME-SCALE)")
+    p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    p.add_argument("--seeds", type=int, default=None, help="override: seeds 0..N-1")
+    p.add_argument("--optimizers", nargs="+", default=None, choices=["adamw", "ddcadam", "muon", "ddcmuon"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_experiment)
+    p = sub.add_parser("demo", help="the main job: CPU grokking comparison AdamW vs DDCAdam, table and plots")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_demo)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,185 @@
+"""What every experiment shares: optimizers by name, seeding, the run directory, progress, plots.
+
+A run directory holds ``config.json`` (every setting, the package versions, the machine),
+``metrics.jsonl`` (one JSON object per logged step and optimizer/seed), ``results.json`` (the
+summary the experiment computes) and PNG figures. Nothing is written anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gaugemath.backends.torch import DDCAdam, DDCMuon, bind
+
+OPTIMIZERS = ("adamw", "ddcadam", "muon", "ddcmuon")
+SCALES = ("cpu", "paper")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for data sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The matrices Muon takes: 2-D weights of ``nn.Linear`` layers other than the output head.
+
+    Embeddings, the head, gains and biases take AdamW (the usual Muon recipe)."""
+    head = getattr(model, "head", None)
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Hyper-parameters shared by the four optimizers of a comparison.
+
+    ``lr``/``betas``/``weight_decay`` are AdamW's (and DDCAdam's, and the Adam branch of the
+    Muon runs); ``muon_lr``/``momentum`` the Muon branch's (on :func:`hidden_matrices`)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    muon_lr: float = 0.02
+    momentum: float = 0.95
+
+
+class _Chain:
+    """Several optimizers stepped together (Muon on the matrices, AdamW on the rest)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
+def make_optimizer(name: str, model: nn.Module, cfg: OptimizerConfig, binding=None, **ddc: Any):
+    """``adamw | ddcadam | muon | ddcmuon`` on ``model``; the DDC ones bind ``model``'s gauges
+    (``bind(model)`` unless ``binding`` is given). ``ddc`` goes to DDCAdam/DDCMuon."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r}: choose from {OPTIMIZERS}")
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if name == "ddcadam":
+        return DDCAdam(model.parameters(), binding=binding if binding is not None else bind(model), lr=cfg.lr,
+                       betas=cfg.betas, weight_decay=cfg.weight_decay, **ddc)
+    mats = hidden_matrices(model)
+    if name == "muon":
+        ids = {id(p) for p in mats}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        return _Chain(torch.optim.Muon(mats, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum),
+                      torch.optim.AdamW(rest, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
+    return DDCMuon(model.parameters(), binding=binding if binding is not None else bind(model), lr=cfg.muon_lr,
+                   weight_decay=cfg.weight_decay, momentum=cfg.momentum, adam_lr=cfg.lr, adam_betas=cfg.betas,
+                   adam_weight_decay=cfg.weight_decay, muon_params=mats, **ddc)
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def machine() -> dict[str, Any]:
+    """Where a run ran: host CPU count, torch version and device."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor()})",
+            "threads": torch.get_num_threads()}
+
+
+class RunDir:
+    """A run directory: ``config.json`` at creation, ``metrics.jsonl`` as it goes, ``results.json`` at the end."""
+
+    def __init__(self, root: str | Path, experiment: str, config: dict[str, Any]):
+        self.path = Path(root)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.experiment = experiment
+        self.started = time.time()
+        self._write("config.json", {"experiment": experiment, **config, "machine": machine()})
+        self._metrics = (self.path / "metrics.jsonl").open("w")
+
+    def _write(self, name: str, obj: Any) -> Path:
+        path = self.path / name
+        path.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+        return path
+
+    def log(self, **record: Any) -> None:
+        """Append one record (a step of one optimizer/seed) to ``metrics.jsonl``."""
+        self._metrics.write(json.dumps(record, default=_jsonable) + "\n")
+        self._metrics.flush()
+
+    def finish(self, results: dict[str, Any]) -> Path:
+        """Write ``results.json`` (with the wall time) and close the metrics file."""
+        self._metrics.close()
+        return self._write("results.json", {"experiment": self.experiment, **results,
+                                            "wall_s": round(time.time() - self.started, 1)})
+
+    def figure_path(self, name: str) -> Path:
+        return self.path / f"{name}.png"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def progress(total: int, desc: str, enabled: bool = True):
+    """A tqdm progress bar over ``total`` steps (a no-op object when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step", dynamic_ncols=True, leave=False)
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+COLOURS = {"adamw": "tab:blue", "ddcadam": "tab:red", "muon": "tab:green", "ddcmuon": "tab:purple"}
+
+
+def grouped(records: Iterable[dict[str, Any]], *keys: str) -> Iterator[tuple[tuple, list[dict[str, Any]]]]:
+    """Records grouped by the values of ``keys`` (in first-seen order)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    yield from groups.items()
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (floats to 3 significant figures)."""
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

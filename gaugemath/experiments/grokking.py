@@ -1,0 +1,198 @@
+"""Grokking on modular addition (the paper's testbed, ddc.md §7): ``(a, b) ↦ (a + b) mod p``.
+
+Data: all ``p²`` pairs as 3-token sequences ``[a, b, =]`` (vocabulary ``p + 1``, ``=`` is token ``p``),
+the target ``(a + b) mod p`` read at the last position; a seeded split puts ``train_fraction`` of the
+pairs in the training set, the rest in the test set. Model: :class:`gaugemath.models.GPT` with
+``depth`` blocks (LayerNorm, ReLU MLP, RoPE by default, so every catalogue gauge is bound), trained
+full-batch. For each optimizer and seed the model starts from the same initialisation (seeded by the
+seed alone) and sees the same split.
+
+Reported per run: train/test loss and accuracy every ``eval_every`` steps, the vertical fraction and
+orbit drift of the gauge families (:mod:`gaugemath.observe`), *steps to fit* (first evaluation with
+train accuracy ≥ ``threshold``) and *steps to grok* (first with test accuracy ≥ ``threshold``;
+``None`` if it never happens within ``steps``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gaugemath.backends.torch import bind
+from gaugemath.models import GPT
+from gaugemath.observe import Observer
+
+from ._common import COLOURS, OptimizerConfig, RunDir, make_optimizer, markdown_table, progress, pyplot, seed_everything
+
+
+@dataclass(frozen=True)
+class GrokkingConfig:
+    modulus: int = 59
+    train_fraction: float = 0.35
+    depth: int = 1
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    norm: str = "layernorm"
+    mlp: str = "relu"
+    steps: int = 1200
+    eval_every: int = 50
+    observe_every: int = 250
+    threshold: float = 0.95
+    seeds: tuple[int, ...] = (0, 1)
+    optimizers: tuple[str, ...] = ("adamw", "ddcadam")
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1.0))
+
+
+SCALES = {
+    "cpu": GrokkingConfig(),
+    "paper": GrokkingConfig(modulus=113, train_fraction=0.3, d_model=128, d_ff=512, steps=20000, eval_every=100,
+                            observe_every=1000, seeds=tuple(range(11)),
+                            optimizers=("adamw", "ddcadam", "muon", "ddcmuon"),
+                            optim=OptimizerConfig(lr=1e-3, weight_decay=1.0)),
+}
+
+
+def dataset(p: int, train_fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)``: ``x`` ``(N, 3)`` int64 tokens ``[a, b, p]``, ``y`` ``(N,)``."""
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    y = (a + b) % p
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(10_000 + seed))
+    n_train = int(round(train_fraction * p * p))
+    if not 0 < n_train < p * p:
+        raise ValueError(f"train_fraction={train_fraction} leaves no train or no test pair for p={p}")
+    tr, te = perm[:n_train], perm[n_train:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _model(cfg: GrokkingConfig, seed: int) -> GPT:
+    seed_everything(seed)
+    return GPT(cfg.modulus + 1, cfg.d_model, cfg.depth, cfg.n_heads, cfg.d_ff, norm=cfg.norm, mlp=cfg.mlp, rope=True)
+
+
+def _evaluate(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        logits = model(x)[:, -1]
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
+
+
+def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, run: RunDir | None = None, bar=None) -> dict[str, Any]:
+    """One optimizer × seed; returns the summary (and logs every evaluation to ``run``)."""
+    x_tr, y_tr, x_te, y_te = dataset(cfg.modulus, cfg.train_fraction, seed)
+    model = _model(cfg, seed)
+    binding = bind(model)
+    opt = make_optimizer(optimizer, model, cfg.optim, binding=binding)
+    obs = Observer(model, binding, weights=False, every=cfg.observe_every)
+    fit = grok = None
+    history = []
+    for step in range(cfg.steps + 1):
+        loss = F.cross_entropy(model(x_tr)[:, -1], y_tr)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"grokking: {optimizer} seed {seed}: loss is {float(loss)} at step {step}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            tr_loss, tr_acc = _evaluate(model, x_tr, y_tr)
+            te_loss, te_acc = _evaluate(model, x_te, y_te)
+            fit = step if fit is None and tr_acc >= cfg.threshold else fit
+            grok = step if grok is None and te_acc >= cfg.threshold else grok
+            rec = {"optimizer": optimizer, "seed": seed, "step": step, "train_loss": tr_loss, "train_acc": tr_acc,
+                   "test_loss": te_loss, "test_acc": te_acc}
+            if obs.records and obs.records[-1]["step"] == step - 1:  # the observation of the last update
+                last = obs.records[-1]
+                rec["vertical_fraction"] = last.get("vertical_fraction")
+                rec["orbit_drift_max"] = max(v["orbit_drift"] for v in last["families"].values())
+            history.append(rec)
+            if run is not None:
+                run.log(**rec)
+        if step == cfg.steps:
+            break
+        opt.zero_grad()
+        loss.backward()
+        with obs.step(step + 1 if (step + 1) % cfg.eval_every == 0 else -1):
+            opt.step()
+        if bar is not None:
+            bar.update(1)
+    obs.close()
+    vf = [r["vertical_fraction"] for r in obs.records if "vertical_fraction" in r]
+    return {"optimizer": optimizer, "seed": seed, "steps_to_fit": fit, "steps_to_grok": grok,
+            "final_train_acc": history[-1]["train_acc"], "final_test_acc": history[-1]["test_acc"],
+            "vertical_fraction_mean": statistics.fmean(vf) if vf else None}
+
+
+def summarise(cfg: GrokkingConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per optimizer: seeds grokked, median steps to grok (over grokked seeds), mean final accuracies."""
+    rows = []
+    for name in cfg.optimizers:
+        rs = [r for r in runs if r["optimizer"] == name]
+        grokked = [r["steps_to_grok"] for r in rs if r["steps_to_grok"] is not None]
+        vfs = [r["vertical_fraction_mean"] for r in rs if r["vertical_fraction_mean"] is not None]
+        rows.append({"optimizer": name, "seeds": len(rs), "grokked": len(grokked),
+                     "median_steps_to_grok": statistics.median(grokked) if grokked else None,
+                     "final_test_acc": statistics.fmean(r["final_test_acc"] for r in rs),
+                     "final_train_acc": statistics.fmean(r["final_train_acc"] for r in rs),
+                     "vertical_fraction": statistics.fmean(vfs) if vfs else None})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        ["optimizer", "grokked / seeds", "median steps to grok", "final test acc", "final train acc",
+         "update vertical fraction"],
+        [[r["optimizer"], f"{r['grokked']}/{r['seeds']}",
+          "—" if r["median_steps_to_grok"] is None else r["median_steps_to_grok"], r["final_test_acc"],
+          r["final_train_acc"], "—" if r["vertical_fraction"] is None else r["vertical_fraction"]] for r in rows])
+
+
+def plot(cfg: GrokkingConfig, records: list[dict[str, Any]], path: Path) -> Path:
+    """Train (dashed) and test (solid) accuracy against step, one thin line per seed."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r_name in cfg.optimizers:
+        for seed in cfg.seeds:
+            rs = [r for r in records if r["optimizer"] == r_name and r["seed"] == seed]
+            if not rs:
+                continue
+            steps = [r["step"] for r in rs]
+            label = r_name if seed == cfg.seeds[0] else None
+            axes[0].plot(steps, [r["test_acc"] for r in rs], color=COLOURS[r_name], lw=1.2, label=label)
+            axes[0].plot(steps, [r["train_acc"] for r in rs], color=COLOURS[r_name], lw=0.8, ls="--")
+            axes[1].semilogy(steps, [r["test_loss"] for r in rs], color=COLOURS[r_name], lw=1.2, label=label)
+            axes[1].semilogy(steps, [r["train_loss"] for r in rs], color=COLOURS[r_name], lw=0.8, ls="--")
+    axes[0].set(xlabel="step", ylabel="accuracy", title=f"(a + b) mod {cfg.modulus}: test (solid), train (dashed)")
+    axes[1].set(xlabel="step", ylabel="cross-entropy", title="loss")
+    axes[0].axhline(cfg.threshold, color="grey", lw=0.5)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """Every optimizer × seed of ``cfg``; writes ``out/{config,metrics,results}.json*`` and ``grokking.png``."""
+    rundir = RunDir(out, "grokking", {"config": asdict(cfg)})
+    runs = []
+    bar = progress(len(cfg.optimizers) * len(cfg.seeds) * cfg.steps, "grokking", show_progress)
+    for seed in cfg.seeds:
+        for name in cfg.optimizers:
+            bar.set_postfix_str(f"{name} seed {seed}")
+            runs.append(train_one(cfg, name, seed, rundir, bar))
+    bar.close()
+    rows = summarise(cfg, runs)
+    from ._common import read_metrics
+
+    plot(cfg, read_metrics(rundir.path / "metrics.jsonl"), rundir.figure_path("grokking"))
+    rundir.finish({"runs": runs, "summary": rows, "table": table(rows)})
+    return {"runs": runs, "summary": rows, "table": table(rows), "dir": str(rundir.path)}
+
+
+def configure(scale: str = "cpu", **overrides: Any) -> GrokkingConfig:
+    """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
+    cfg = SCALES[scale]
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
