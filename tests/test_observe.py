@@ -200,3 +200,31 @@ def test_observer_writes_jsonl_and_csv_and_reads_rates(tmp_path):
     rates = dead_direction_rates(lines)
     assert set(rates) == set(first["activations"]) and all(not math.isnan(r["r2"]) or not r["read"]
                                                              for r in rates.values())
+
+
+def test_jax_observables_equal_the_torch_ones():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from gaugemath.backends.jax import bind as jax_bind
+    from gaugemath.backends.torch import detect
+
+    from gaugemath import observe_jax
+    from gaugemath.models.jax_models import from_torch
+
+    model, binding, idx = _tiny()
+    model.double()
+    before = from_torch(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    _one_step(model, opt, idx)
+    after = from_torch(model)
+    jb = jax_bind(after, detect(model))
+    theta = [p.detach() for _, p in binding.params]
+    for name, q in charges(binding, theta).items():
+        np.testing.assert_allclose(np.asarray(observe_jax.charges(jb, after)[name]), q.numpy(), rtol=1e-12)
+    drift = observe_jax.orbit_drift(jb, after)
+    for name, value in orbit_drift(binding, theta).items():
+        assert float(drift[name]) == pytest.approx(value, rel=1e-9, abs=1e-15)
+    torch_before = [torch.tensor(np.asarray(before[n])) for n, _ in binding.params]
+    expected, _ = vertical_parts(binding, torch_before, theta)
+    assert float(observe_jax.vertical_fraction(jb, before, after)) == pytest.approx(expected, rel=1e-9)
+    assert expected > 1e-2
