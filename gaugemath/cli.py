@@ -24,10 +24,12 @@ def _parse_option(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"option {text!r} is not of the form key=value")
     if value in ("True", "False"):
         return key, value == "True"
-    try:
-        return key, int(value)
-    except ValueError:
-        return key, value
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def _cmd_list(_args) -> int:
@@ -122,7 +124,7 @@ def _cmd_experiment(args) -> int:
     try:
         module = experiment(args.name)
         overrides = {"steps": args.steps, "seeds": tuple(range(args.seeds)) if args.seeds else None,
-                     "optimizers": tuple(args.optimizers) if args.optimizers else None}
+                     "optimizers": tuple(args.optimizers) if args.optimizers else None, **dict(args.option or [])}
         cfg = module.configure(args.scale, **overrides)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--seeds", type=int, default=None, help="override: seeds 0..N-1")
     p.add_argument("--optimizers", nargs="+", default=None, choices=["adamw", "ddcadam", "muon", "ddcmuon"])
+    p.add_argument("-o", "--option", action="append", type=_parse_option, metavar="KEY=VALUE",
+                   help="override a config field, e.g. -o depth=8 -o modulus=113")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_experiment)
     p = sub.add_parser("demo", help="the main job: CPU grokking comparison AdamW vs DDCAdam, table and plots")

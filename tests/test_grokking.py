@@ -67,3 +67,10 @@ def test_demo_cpu_default_groks_with_ddcadam(tmp_path, capsys):
     rows = {r["optimizer"]: r for r in json.loads((tmp_path / "results.json").read_text())["summary"]}
     assert rows["ddcadam"]["grokked"] >= 1 and rows["ddcadam"]["final_test_acc"] > 0.9
     assert rows["ddcadam"]["vertical_fraction"] < 1e-4 < rows["adamw"]["vertical_fraction"]
+
+
+def test_cli_options_override_the_config_and_unknown_ones_are_named(capsys):
+    cfg = experiment("grokking").configure("paper", depth=24, modulus=97)
+    assert (cfg.depth, cfg.modulus, cfg.steps) == (24, 97, 20000)
+    assert main(["experiment", "grokking", "-o", "widht=3", "--no-progress"]) == 2
+    assert "unknown option(s) widht" in capsys.readouterr().err

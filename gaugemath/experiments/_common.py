@@ -183,3 +183,18 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def configured(experiment: str, presets: dict[str, Any], scale: str, overrides: dict[str, Any]) -> Any:
+    """``presets[scale]`` with ``overrides`` applied (``None`` values ignored); unknown scales or
+    fields are a ``ValueError`` naming the experiment and the valid choices."""
+    from dataclasses import fields, replace
+
+    if scale not in presets:
+        raise ValueError(f"{experiment}: unknown scale {scale!r}; choose from {', '.join(presets)}")
+    cfg = presets[scale]
+    names = {f.name for f in fields(cfg)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(f"{experiment}: unknown option(s) {', '.join(bad)}; options: {', '.join(sorted(names))}")
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -16,7 +16,7 @@ train accuracy ≥ ``threshold``) and *steps to grok* (first with test accuracy 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,18 @@ from gaugemath.backends.torch import bind
 from gaugemath.models import GPT
 from gaugemath.observe import Observer
 
-from ._common import COLOURS, OptimizerConfig, RunDir, make_optimizer, markdown_table, progress, pyplot, seed_everything
+from ._common import (
+    COLOURS,
+    OptimizerConfig,
+    RunDir,
+    configured,
+    make_optimizer,
+    markdown_table,
+    progress,
+    pyplot,
+    read_metrics,
+    seed_everything,
+)
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,6 @@ def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dic
             runs.append(train_one(cfg, name, seed, rundir, bar))
     bar.close()
     rows = summarise(cfg, runs)
-    from ._common import read_metrics
-
     plot(cfg, read_metrics(rundir.path / "metrics.jsonl"), rundir.figure_path("grokking"))
     rundir.finish({"runs": runs, "summary": rows, "table": table(rows)})
     return {"runs": runs, "summary": rows, "table": table(rows), "dir": str(rundir.path)}
@@ -194,5 +203,4 @@ def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dic
 
 def configure(scale: str = "cpu", **overrides: Any) -> GrokkingConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    cfg = SCALES[scale]
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return configured("grokking", SCALES, scale, overrides)
