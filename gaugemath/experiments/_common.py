@@ -198,3 +198,27 @@ def configured(experiment: str, presets: dict[str, Any], scale: str, overrides: 
     if bad:
         raise ValueError(f"{experiment}: unknown option(s) {', '.join(bad)}; options: {', '.join(sorted(names))}")
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core: no thread oversubscription
+
+
+def parallel_map(fn, jobs: list[tuple], workers: int | None = None) -> Iterator[Any]:
+    """``fn(*job)`` for every job, in ``workers`` processes (default: one per CPU, at most one per
+    job), each single-threaded; results are yielded in completion order. ``workers=1`` runs in this
+    process (same thread settings as the caller). ``fn`` must be a module-level function."""
+    import multiprocessing as mp
+
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(_star, [(fn, job) for job in jobs])
+
+
+def _star(item: tuple) -> Any:
+    fn, job = item
+    return fn(*job)

@@ -15,6 +15,7 @@ train accuracy ≥ ``threshold``) and *steps to grok* (first with test accuracy 
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ._common import (
     configured,
     make_optimizer,
     markdown_table,
+    parallel_map,
     progress,
     pyplot,
     read_metrics,
@@ -57,6 +59,7 @@ class GrokkingConfig:
     threshold: float = 0.95
     seeds: tuple[int, ...] = (0, 1)
     optimizers: tuple[str, ...] = ("adamw", "ddcadam")
+    workers: int | None = None  # processes for the optimizer × seed runs (None: one per CPU)
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=1.0))
 
 
@@ -94,8 +97,8 @@ def _evaluate(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[float, floa
         return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
 
 
-def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, run: RunDir | None = None, bar=None) -> dict[str, Any]:
-    """One optimizer × seed; returns the summary (and logs every evaluation to ``run``)."""
+def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple[dict[str, Any], list[dict]]:
+    """One optimizer × seed: ``(summary, evaluation records)``."""
     x_tr, y_tr, x_te, y_te = dataset(cfg.modulus, cfg.train_fraction, seed)
     model = _model(cfg, seed)
     binding = bind(model)
@@ -119,8 +122,6 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, run: RunDir | None
                 rec["vertical_fraction"] = last.get("vertical_fraction")
                 rec["orbit_drift_max"] = max(v["orbit_drift"] for v in last["families"].values())
             history.append(rec)
-            if run is not None:
-                run.log(**rec)
         if step == cfg.steps:
             break
         opt.zero_grad()
@@ -133,7 +134,7 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, run: RunDir | None
     vf = [r["vertical_fraction"] for r in obs.records if "vertical_fraction" in r]
     return {"optimizer": optimizer, "seed": seed, "steps_to_fit": fit, "steps_to_grok": grok,
             "final_train_acc": history[-1]["train_acc"], "final_test_acc": history[-1]["test_acc"],
-            "vertical_fraction_mean": statistics.fmean(vf) if vf else None}
+            "vertical_fraction_mean": statistics.fmean(vf) if vf else None}, history
 
 
 def summarise(cfg: GrokkingConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,13 +189,21 @@ def plot(cfg: GrokkingConfig, records: list[dict[str, Any]], path: Path) -> Path
 def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Every optimizer × seed of ``cfg``; writes ``out/{config,metrics,results}.json*`` and ``grokking.png``."""
     rundir = RunDir(out, "grokking", {"config": asdict(cfg)})
+    jobs = [(cfg, name, seed) for seed in cfg.seeds for name in cfg.optimizers]
+    bar = progress(len(jobs) * cfg.steps, "grokking", show_progress)
+    in_process = min(cfg.workers or os.cpu_count() or 1, len(jobs)) <= 1
     runs = []
-    bar = progress(len(cfg.optimizers) * len(cfg.seeds) * cfg.steps, "grokking", show_progress)
-    for seed in cfg.seeds:
-        for name in cfg.optimizers:
-            bar.set_postfix_str(f"{name} seed {seed}")
-            runs.append(train_one(cfg, name, seed, rundir, bar))
+    for summary, history in parallel_map(train_one, [(*job, bar) if in_process else job for job in jobs],
+                                         cfg.workers):
+        runs.append(summary)
+        for rec in history:
+            rundir.log(**rec)
+        if not in_process:
+            bar.update(cfg.steps)
+        bar.set_postfix_str(f"done: {summary['optimizer']} seed {summary['seed']}")
     bar.close()
+    order = {(name, seed): k for k, (_, name, seed) in enumerate(jobs)}
+    runs.sort(key=lambda r: order[r["optimizer"], r["seed"]])
     rows = summarise(cfg, runs)
     plot(cfg, read_metrics(rundir.path / "metrics.jsonl"), rundir.figure_path("grokking"))
     rundir.finish({"runs": runs, "summary": rows, "table": table(rows)})
