@@ -151,8 +151,11 @@ def _act_all(binding, g, tensors, covector=False):
 
 
 def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype: str = "float32", steps: int = 50,
-                 seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.1, vertical: str = "freeze") -> float:
-    """Max over steps of the relative deviation of run B from ``g·`` run A (see module docstring)."""
+                 seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.1, vertical: str = "freeze",
+                 history: list[float] | None = None) -> float:
+    """Max over steps of the relative deviation of run B from ``g·`` run A (see module docstring).
+
+    ``history``: if given, the deviation after each step is appended to it (``steps`` values)."""
     import copy
 
     import torch
@@ -208,6 +211,8 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
             num = sum(float((p.detach() - q).pow(2).sum()) for (_, p), q in zip(binding_b.params, image))
             den = sum(float(q.pow(2).sum()) for q in image)
             worst = max(worst, math.sqrt(num / den))
+            if history is not None:
+                history.append(math.sqrt(num / den))
     return worst
 
 

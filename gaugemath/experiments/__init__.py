@@ -18,6 +18,11 @@ from types import ModuleType
 #: experiment name → module (imported on first use: each pulls in torch and matplotlib).
 EXPERIMENTS = {
     "grokking": "gaugemath.experiments.grokking",
+    "overtrain": "gaugemath.experiments.overtrain",
+    "teacher_student": "gaugemath.experiments.teacher_student",
+    "layernorm_block": "gaugemath.experiments.layernorm_block",
+    "zloss": "gaugemath.experiments.zloss",
+    "equivariance": "gaugemath.experiments.equivariance",
 }
 
 
