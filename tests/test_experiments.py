@@ -154,3 +154,18 @@ def test_overtrain_reports_the_gap(tmp_path):
         assert math.isclose(r["final_gap"], r["final_val_loss"] - r["final_train_loss"], rel_tol=1e-9, abs_tol=1e-12)
         assert r["rate_cells"] > 0 and 0 <= r["rates_read"] <= r["rate_cells"]
     assert rows["ddcadam"]["vertical_fraction_mean"] < 1e-3 < rows["adamw"]["vertical_fraction_mean"]
+
+
+@pytest.mark.slow
+def test_diagonal_linear_small_init_gd_recovers_sparse_and_ddcadam_is_horizontal(tmp_path):
+    dl = experiment("diagonal_linear")
+    result = dl.run(dl.configure("cpu", steps=600, log_every=50), tmp_path, show_progress=False)
+    rows = _check_run(result, tmp_path, ["diagonal_linear"])
+    assert list(rows) == [f"{o}[α={a}]" for a in ("0.01", "1") for o in ("adamw", "ddcadam", "gd")]
+    assert all(_finite(r, dl.KEYS) for r in rows.values())
+    for a in ("0.01", "1"):
+        ddc, adamw = rows[f"ddcadam[α={a}]"], rows[f"adamw[α={a}]"]
+        assert ddc["vertical_fraction_mean"] < 0.01 < 0.5 < adamw["vertical_fraction_mean"]
+        assert rows[f"gd[α={a}]"]["final_charge_drift"] < 0.1 * rows[f"adamw[α={a}]"]["final_charge_drift"]
+    # Pesme et al.: small init → sparse (ℓ1-like) interpolator, large init → dense (ℓ2-like) one
+    assert rows["gd[α=0.01]"]["final_recovery_error"] < 0.2 < 0.5 < rows["gd[α=1]"]["final_recovery_error"]

@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "layernorm_block": "gaugemath.experiments.layernorm_block",
     "zloss": "gaugemath.experiments.zloss",
     "equivariance": "gaugemath.experiments.equivariance",
+    "diagonal_linear": "gaugemath.experiments.diagonal_linear",
 }
 
 
