@@ -329,6 +329,22 @@ TARGETS: list[tuple[str, Callable[[int], Gauge], str]] = [
 WIDTHS = (2, 3)
 
 
+def family_specs(gauge: Gauge, key: str, kind: str, source: str = "") -> list[FamilySpec]:
+    """Recognise and prove the orbit family of one gauge outside the catalogue (e.g. a discovered one).
+
+    ``kind``: ``"scale"``, ``"translate"`` or ``"plane"``; the same derivation and proofs as
+    :func:`derive_family_specs` at this gauge's width (prove at a second width by calling again).
+    """
+    source = source or f"{gauge.name} ({gauge.frame_name}); {gauge.model.description}"
+    if kind == "scale":
+        return [_scale_family(gauge, key, source)]
+    if kind == "translate":
+        return _translate_specs(gauge, key, source)
+    if kind == "plane":
+        return [_rotation_spec(gauge, key, source, rope=True)]
+    raise GaugeError(gauge.name, None, f"codegen: unknown family kind {kind!r} (scale, translate, plane)")
+
+
 def derive_family_specs(keys: Sequence[str] | None = None) -> list[FamilySpec]:
     """Recognise and prove every target family at both :data:`WIDTHS`; the formulas must agree."""
     out: list[FamilySpec] = []
@@ -432,4 +448,8 @@ def generate(libraries: Sequence[str] = ("torch",), check: bool = False) -> list
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
+    if "torch" in libraries:  # the same formulas as fused Triton kernels (gaugemath.kernelgen)
+        from .kernelgen import write as write_kernels
+
+        stale += write_kernels(specs, check=check)
     return stale

@@ -15,8 +15,9 @@ base, rotations included; rotations would also commute with the orthogonaliser d
 identity in ``tests/test_torch_muon.py``).
 
 Precision: ``torch.optim.Muon`` runs Newton–Schulz in bfloat16. Free tensors do the same
-(``ns_dtype``); bound tensors use ``canonical_ns_dtype`` (float32 by default), because bf16
-rounding of two runs' nearly equal canonical momenta differs by whole bf16 ulps.
+(``ns_dtype``); bound tensors use ``canonical_ns_dtype`` (float64 by default; their momentum buffer
+is kept in that dtype: ``canonical_ns_dtype=torch.float32`` halves it), because bf16 rounding of
+two runs' nearly equal canonical momenta differs by whole bf16 ulps.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class DDCMuon(DDCAdam):
                 raise ValueError(f"muon_params: a {p.dim()}-D tensor of shape {tuple(p.shape)}; Muon needs matrices")
         self.muon_ids = {id(p) for p in chosen}
         self.ns = (tuple(ns_coefficients), ns_steps, eps, adjust_lr_fn, ns_dtype, canonical_ns_dtype)
+
+    def _uses_moments(self, p: Tensor) -> bool:
+        return id(p) not in self.muon_ids  # Muon tensors keep one momentum buffer, no Adam moments
 
     # ------------------------------------------------------------------ free tensors
     def _adamw(self, group: dict, params: list[Tensor]) -> None:

@@ -29,6 +29,7 @@ operation order), so ``DDCAdam`` with an empty binding *is* AdamW.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 
 import torch
@@ -37,6 +38,7 @@ from torch import Tensor
 from gaugemath.errors import GaugeError
 
 from .binding import Binding, reindexed
+from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
 
 VERTICAL = ("freeze", "sgd", "adam")
@@ -69,12 +71,18 @@ class DDCAdam(torch.optim.Optimizer):
             leaving parameters and state untouched. Either way the check is one host sync per
             step (one fused all-finite reduction); it is the only sync in ``step`` except the
             degenerate-orbit check of ``"raise"`` on bound tensors.
+        kernels: ``"auto"`` (default, or the environment variable ``GAUGEMATH_KERNELS``): the generated
+            Triton kernels for CUDA tensors when Triton imports, else the pure-torch reference path;
+            ``"triton"`` (forced; ``RuntimeError`` where it cannot run) or ``"reference"``. Both paths
+            compute the same step (agreement to 1e-6 in fp32 is tested); see
+            :mod:`gaugemath.backends.torch.kernels`.
     """
 
     def __init__(self, params: Iterable, binding: Binding | None = None, lr: float | Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  vertical: str = "freeze", vertical_eps: float | None = None, vertical_rtol: float | None = None,
-                 nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None):
+                 nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None,
+                 kernels: str | None = None):
         if vertical not in VERTICAL:
             raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
         if nonfinite not in NONFINITE:
@@ -91,6 +99,10 @@ class DDCAdam(torch.optim.Optimizer):
         if canonical_dtype not in (None, torch.float32, torch.float64):
             raise TypeError(f"canonical_dtype={canonical_dtype}: choose torch.float32 or torch.float64")
         self.canonical_dtype = canonical_dtype
+        kernels = os.environ.get("GAUGEMATH_KERNELS", "auto") if kernels is None else kernels
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels={kernels!r}: choose from {KERNELS}")
+        self.kernels = kernels
         self._plans = self._plan()
 
     # ------------------------------------------------------------------ structure
@@ -186,10 +198,15 @@ class DDCAdam(torch.optim.Optimizer):
         st = self.state[p]
         if not st:
             st["step"] = torch.tensor(0.0)
-            st["exp_avg"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
+            if self._uses_moments(p):
+                st["exp_avg"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
             st["shape"] = torch.tensor(list(p.shape))
         return st
+
+    def _uses_moments(self, p: Tensor) -> bool:
+        """Whether ``p`` keeps per-coordinate Adam moments (every tensor here; not Muon's in ``DDCMuon``)."""
+        return True
 
     def _adamw(self, group: dict, params: list[Tensor]) -> None:
         """``torch.optim.AdamW``'s foreach update, operation for operation (bf16: fp32 state)."""
@@ -221,35 +238,47 @@ class DDCAdam(torch.optim.Optimizer):
                 for p, t in zip(ps, theta):
                     p.copy_(t)
 
+    def _path(self, plan: dict) -> tuple[str, list, Projector]:
+        """The kernel path for this plan's device (decided once per device) and its families/projector."""
+        device = plan["bound"][0].device
+        if plan.get("device") != device:
+            plan["device"], plan["path"] = device, select(self.kernels, device)
+            if plan["path"] == "triton" and "kernel_families" not in plan:
+                fams = [KernelFamily.of(f) for f in plan["families"]]
+                plan["kernel_families"] = (fams, Projector(fams, plan["names"]))
+        if plan["path"] == "triton":
+            return "triton", *plan["kernel_families"]
+        return "reference", plan["families"], plan["projector"]
+
     def _ddc(self, group: dict, plan: dict) -> None:
         lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
         vertical, veps = group["vertical"], group["vertical_eps"]
-        params, fams, proj = plan["bound"], plan["families"], plan["projector"]
+        params = plan["bound"]
+        path, fams, proj = self._path(plan)
+        self._kernel_path = path == "triton"
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
+        self._state_dtype = sdtype
         states = [self._state(p, sdtype) for p in params]
         theta = [p.detach().to(work, copy=True) for p in params]
         grad = [p.grad.to(work, copy=True) for p in params]
         frames = []
         for fam in fams:  # 1. canonical coordinates, covector rule
             h = fam.frame(theta)
-            fam.act(h, theta)
-            fam.act(h, grad, covector=True)
+            fam.act_pair(h, theta, grad)
             frames.append(h)
-        fact = proj.factor(theta)  # 2. split
+        grams, c_theta = zip(*[fam.gram_and_self_coords(theta) for fam in fams])  # 2. split
+        fact = proj.factor(theta, list(grams))
         rtol = group["vertical_rtol"]
         rtol = torch.finfo(params[0].dtype).eps ** 0.5 if rtol is None else rtol  # the gradient's resolution
-        rhs_g = []
-        for fam in fams:  # vertical coordinates of g̃; round-off is not a signal (exact zero)
-            c = fam.coords(theta, grad)
-            rhs_g.append(torch.where(c.abs() <= fam.noise_floor(theta, grad, rtol), 0.0, c))
-        coef_g = proj.solve(fact, _stack(rhs_g))
+        # vertical coordinates of g̃; round-off is not a signal (exact zero)
+        coef_g = proj.solve(fact, _stack([fam.vertical_rhs(theta, grad, rtol) for fam in fams]))
         grad_h = grad  # g̃ is not needed again: make it horizontal in place
         for fam, c in zip(fams, coef_g):
             fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
         u, bc1, bc2 = self._base_directions(group, params, states, grad_h, theta, sdtype, work)
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
-        rhs = _stack([fam.coords(theta, u) for fam in fams], [fam.coords(theta, theta) for fam in fams])
+        rhs = _stack([fam.coords(theta, u) for fam in fams], c_theta)
         coef = proj.solve(fact, rhs)
         delta = torch._foreach_add(u, theta, alpha=wd)
         for f, fam in enumerate(fams):
@@ -279,6 +308,8 @@ class DDCAdam(torch.optim.Optimizer):
         bc1, bc2 = 1 - b1**step, 1 - b2**step
         m = [st["exp_avg"] for st in states]
         v = [st["exp_avg_sq"] for st in states]
+        if getattr(self, "_kernel_path", False):  # one fused launch per tensor
+            return adam_directions(grad_h, m, v, (b1, b2), eps, bc1, bc2, work), bc1, bc2
         gs = grad_h if sdtype == work else [g.to(sdtype) for g in grad_h]
         torch._foreach_lerp_(m, gs, 1 - b1)
         torch._foreach_mul_(v, b2)
@@ -301,7 +332,7 @@ class DDCAdam(torch.optim.Optimizer):
         else:
             norm = fact["grams"][f].sqrt()
         key = f"vertical.{f}"
-        sdtype = st0["exp_avg"].dtype  # moments in the state dtype, like the per-coordinate ones
+        sdtype = self._state_dtype  # moments in the state dtype, like the per-coordinate ones
         if f"{key}.exp_avg" not in st0:
             st0[f"{key}.exp_avg"] = torch.zeros_like(c, dtype=sdtype)
             st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c, dtype=sdtype)

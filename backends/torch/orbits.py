@@ -85,10 +85,9 @@ class BoundFamily:
     def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for name in names:
-            m = _ENTRY.match(name)
-            if m and m.group("role") in self.roles:
-                out[name] = self._anchor_entries(theta[self.roles[m.group("role")][0]], int(m.group("c")))[
-                    int(m.group("r"))]
+            entry = self._entry(name, theta)
+            if entry is not None:
+                out[name] = entry
                 continue
             prefix, role = name.split("_", 1)
             s, idx = self.family.slice(role), self.roles[role]
@@ -120,6 +119,13 @@ class BoundFamily:
                     n = sum(_slice_len(theta[i], s.axis) for i in self.roles[role])
                     out[name] = out[name] / n
         return out
+
+    def _entry(self, name: str, theta: list[Tensor]) -> Tensor | None:
+        """The plane-frame statistic ``R_r{0,1}_c{J}`` (see :meth:`_anchor_entries`); ``None`` for a sum."""
+        m = _ENTRY.match(name)
+        if not (m and m.group("role") in self.roles):
+            return None
+        return self._anchor_entries(theta[self.roles[m.group("role")][0]], int(m.group("c")))[int(m.group("r"))]
 
     @staticmethod
     def _anchor_entries(t: Tensor, c: int) -> tuple[Tensor, Tensor]:
@@ -168,6 +174,11 @@ class BoundFamily:
                 m = h.transpose(1, 2) if inverse else h
                 v.copy_(torch.bmm(m, v))
 
+    def act_pair(self, h, theta: list[Tensor], grad: list[Tensor]) -> None:
+        """In place: ``θ ← h·θ`` and ``g ← D(h)^{-T} g`` (step 1 of DDCAdam)."""
+        self.act(h, theta)
+        self.act(h, grad, covector=True)
+
     def _head_frame(self, theta: list[Tensor]) -> Tensor:
         """Gram–Schmidt frame per head with invariant column pivoting: ``h = Qᵀ`` where
         ``A_π = QR`` (``diag R > 0``), ``A = [W_Q | W_K]`` (head rows) and ``π`` picks, at each step,
@@ -201,6 +212,23 @@ class BoundFamily:
             return th @ th.transpose(1, 2)
         return self.family.gram(**self._stats(self.family.stats["gram"], theta))
 
+    def gram_and_self_coords(self, theta: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(gram(θ), coords(θ, θ))`` from one set of reductions: for scale families
+        ``dot_R(θ, θ) = Σθ·θ`` *is* ``sq_R`` (the same products, summed the same way), for planes
+        ``cross_R(θ, θ) = Σ θ₀θ₁ − θ₁θ₀ = 0`` exactly; the results are bit-identical to the two calls."""
+        if self.kind not in ("scale", "plane"):
+            return self.gram(theta), self.coords(theta, theta)
+        gram_names, coord_names = self.family.stats["gram"], self.family.stats["coords"]
+        sq = self._stats(sorted(set(gram_names) | {"sq_" + n.split("_", 1)[1] for n in coord_names}), theta)
+        ref = sq[next(iter(sq))]
+        cs = {n: sq["sq_" + n.split("_", 1)[1]] if n.startswith("dot_") else torch.zeros_like(ref)
+              for n in coord_names}
+        return self._eval("gram", {n: sq[n] for n in gram_names}), self._eval("coords", cs)
+
+    def _eval(self, which: str, stats: dict[str, Tensor]) -> Tensor:
+        """A generated formula (``"gram"`` or ``"coords"``) on named statistics."""
+        return getattr(self.family, which)(**stats)
+
     def coords(self, theta: list[Tensor], u: list[Tensor]) -> Tensor:
         """``⟨X_k(θ), u⟩`` per unit; for heads the skew ``C = UΘᵀ − ΘUᵀ`` per head."""
         if self.kind == "head":
@@ -208,6 +236,14 @@ class BoundFamily:
             c = uu @ th.transpose(1, 2)
             return c - c.transpose(1, 2)
         return self.family.coords(**self._stats(self.family.stats["coords"], theta, u))
+
+    def floor_scale(self, theta: list[Tensor], rtol: float) -> float:
+        """``max((n + 8) ε, rtol)``: the relative size of the round-off floor (``n`` the slice length)."""
+        eps = torch.finfo(theta[0].dtype).eps
+        if self.kind == "head":
+            return max((self._head_rows(theta).shape[-1] + 8) * eps, rtol)
+        length = sum(theta[i].numel() // max(self.units, 1) for _, i in self.members())
+        return max((length + 8) * eps, rtol)
 
     def noise_floor(self, theta: list[Tensor], u: list[Tensor], rtol: float) -> Tensor:
         """Below this, :meth:`coords` cannot be told from zero: ``max((n + 8) ε, rtol) |X|ᵀ|u|``.
@@ -218,25 +254,32 @@ class BoundFamily:
         gauge-invariant loss the vertical gradient is exactly zero, and what is computed is
         round-off that must not become a step.
         """
-        eps = torch.finfo(theta[0].dtype).eps
         if self.kind == "head":
             th, uu = self._head_rows(theta).abs(), self._head_rows(u).abs()
             c = uu @ th.transpose(1, 2)
-            return max((th.shape[-1] + 8) * eps, rtol) * (c + c.transpose(1, 2))
-        total, length = None, 0
+            return self.floor_scale(theta, rtol) * (c + c.transpose(1, 2))
+        return self.floor_scale(theta, rtol) * self._abs_coords(theta, u)
+
+    def _abs_coords(self, theta: list[Tensor], u: list[Tensor]) -> Tensor:
+        """``(|X|ᵀ|u|)_k``: the coordinate's sum with every term replaced by its absolute value."""
+        total = None
         for s, i in self.members():
-            t, v = theta[i].abs(), u[i].abs()
-            if self.kind == "scale":
-                w = abs(self._coefficient("dot", s.role)) * _reduce(t * v, s.axis)
+            t, v = theta[i], u[i]
+            if self.kind == "scale":  # |θu| = |θ||u| exactly
+                w = abs(self._coefficient("dot", s.role)) * _reduce((t * v).abs_(), s.axis)
             elif self.kind == "translate":
-                w = abs(self._coefficient("usum", s.role)) * _reduce(v, s.axis)
+                w = abs(self._coefficient("usum", s.role)) * _reduce(v.abs(), s.axis)
             else:
                 a0, a1 = _pairs(t)
                 b0, b1 = _pairs(v)
-                w = abs(self._coefficient("cross", s.role)) * (a0 * b1 + a1 * b0).sum(1)
-            length += t.numel() // max(self.units, 1)
+                w = abs(self._coefficient("cross", s.role)) * ((a0 * b1).abs_() + (a1 * b0).abs_()).sum(1)
             total = w if total is None else total + w
-        return max((length + 8) * eps, rtol) * total
+        return total
+
+    def vertical_rhs(self, theta: list[Tensor], u: list[Tensor], rtol: float) -> Tensor:
+        """:meth:`coords` with every coordinate below :meth:`noise_floor` set to exactly zero."""
+        c = self.coords(theta, u)
+        return torch.where(c.abs() <= self.noise_floor(theta, u, rtol), 0.0, c)
 
     def _head_rows(self, ts: list[Tensor]) -> Tensor:
         return torch.cat([ts[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)

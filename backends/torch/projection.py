@@ -36,9 +36,10 @@ class Projector:
         self.components = self.coupling.components
 
     # ---------------------------------------------------------------- per step
-    def factor(self, theta: list[Tensor]) -> dict:
-        """Everything that depends on ``θ̃`` only: Gram diagonals, eigendecompositions, Schur factors."""
-        grams = [fam.gram(theta) for fam in self.families]
+    def factor(self, theta: list[Tensor], grams: list[Tensor] | None = None) -> dict:
+        """Everything that depends on ``θ̃`` only: Gram diagonals (computed unless given),
+        eigendecompositions, Schur factors."""
+        grams = [fam.gram(theta) for fam in self.families] if grams is None else grams
         heads = {f: torch.linalg.eigh(grams[f]) for f, fam in enumerate(self.families) if fam.kind == "head"}
         schur = []
         for comp in self.components:
