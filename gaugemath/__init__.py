@@ -13,6 +13,7 @@ W_in[0,0]**2 + W_in[0,1]**2 - W_out[0,0]**2 - W_out[1,0]**2 + b_in[0]**2
 """
 
 from .catalogue import gauge, gauges, transformer_block
+from .discovery import LieAlgebra, discover
 from .errors import GaugeError, ProofError
 from .gauge import Charge, ComposedGauge, Gauge, MatrixGroup, ReferenceModel, block_symbols
 from .proofs import Certificate, Check, prove
@@ -26,10 +27,12 @@ __all__ = [
     "ComposedGauge",
     "Gauge",
     "GaugeError",
+    "LieAlgebra",
     "MatrixGroup",
     "ProofError",
     "ReferenceModel",
     "block_symbols",
+    "discover",
     "gauge",
     "gauges",
     "prove",

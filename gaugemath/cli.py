@@ -150,6 +150,12 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_discover(args) -> int:
+    from .discovery.command import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gaugemath", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"])
     p.add_argument("--no-control", action="store_true", help="skip the AdamW negative control")
     p.set_defaults(run=_cmd_verify)
+    from .discovery.command import add_parser as _add_discover
+
+    _add_discover(sub)
+    sub.choices["discover"].set_defaults(run=_cmd_discover)
     p = sub.add_parser("experiment", help="seeded optimizer comparison (AdamW, DDCAdam, Muon, DDCMuon) with plots")
     p.add_argument("name", help="experiment (see gaugemath.experiments.EXPERIMENTS)")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"],

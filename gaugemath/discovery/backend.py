@@ -1,0 +1,129 @@
+"""Backend code for a discovered gauge: the same derivation as ``gaugemath codegen``, then loadable families.
+
+Each factor of :meth:`LieAlgebra.to_gauge` is an orbit family (scale / translate / plane). Its
+frame, Gram diagonal and vertical coordinate are read off the gauge and proved by
+:func:`gaugemath.codegen.family_specs`, at every discovered width; the formulas must agree across
+widths (as the catalogue's are proved at two). :func:`render` prints the module for ``torch`` or
+``jax`` with the codegen printer; :func:`load_families` executes it into
+:class:`gaugemath.backends._family.Family` objects, and :func:`torch_binding` binds them to a
+model's parameters for :class:`gaugemath.backends.torch.DDCAdam`.
+
+The backends apply a scale coordinate with exponent ``±1`` only; a family with another exponent
+(e.g. the ``relu2`` rescale ``(α r, c/α²)``) is refused here with a clear error (its proofs and
+charges are still available on the algebra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import sympy as sp
+
+from .. import codegen
+from ..errors import GaugeError
+from ..gauge import ComposedGauge, Gauge
+from .algebra import LieAlgebra
+
+_KIND = {"scale": "scale", "shift": "translate", "rotate": "plane"}
+_IMPORT = "from .._family import Family, Slice"
+
+
+def _factors(alg: LieAlgebra) -> list[Gauge]:
+    g = alg.to_gauge()
+    return list(g.factors) if isinstance(g, ComposedGauge) else [g]
+
+
+def _check_exponents(gauge: Gauge) -> None:
+    if not gauge.name.split(".")[-1].startswith("scale"):
+        return
+    g, _ = gauge.generic_element("g")
+    moved = gauge.act(g, gauge.blocks)
+    for b, m in gauge.blocks.items():
+        for e, e2 in zip(m, moved[b]):
+            powers = [sp.degree(sp.cancel(e2 / e), s) if sp.cancel(e2 / e).is_polynomial(s) else
+                      -sp.degree(sp.cancel(e / e2), s) for s in g.diagonal()]
+            if any(p not in (-1, 0, 1) for p in powers):
+                raise GaugeError(gauge.name, b, f"scale exponents {powers}: the backends apply a per-unit scale "
+                                 "with exponent ±1 only; proofs and charges of this family are available, "
+                                 "backend code is not")
+
+
+def family_specs(alg: LieAlgebra) -> list[codegen.FamilySpec]:
+    """Proved :class:`gaugemath.codegen.FamilySpec` s of every factor, identical at every discovered width."""
+    per_width = []
+    for inst in alg.instances or [alg]:
+        specs = []
+        for f in _factors(inst):
+            _check_exponents(f)
+            kind = _KIND[f.name.split(".")[-1].rstrip("0123456789")]
+            specs += codegen.family_specs(f, f"{alg.layer.name}.{f.name.split('.')[-1]}", kind)
+        per_width.append(specs)
+    first = per_width[0]
+    for other in per_width[1:]:
+        for a, b in zip(first, other, strict=True):
+            if (a.slices, a.frame, a.gram, a.coords) != (b.slices, b.frame, b.gram, b.coords):
+                raise GaugeError(a.gauge, None, f"backend family {a.key} differs between the discovered widths")
+    if len(per_width) > 1:
+        for a in first:
+            a.checks.append(f"identical formulas and slices at all {len(per_width)} discovered widths")
+    return first
+
+
+def render(alg: LieAlgebra, library: str = "torch") -> str:
+    """The generated backend module for ``library`` (``"torch"`` or ``"jax"``), deterministic text."""
+    return codegen.render(family_specs(alg), library)
+
+
+def load_families(alg: LieAlgebra, library: str = "torch") -> dict:
+    """``{key: Family}`` from the generated module (executed with an absolute import of the runtime).
+
+    Cached on ``alg`` per library (the derivation and its proofs run once)."""
+    cache = alg.__dict__.setdefault("_backend_families", {})
+    if library in cache:
+        return dict(cache[library])
+    text = render(alg, library)
+    if _IMPORT not in text:  # pragma: no cover - guards against a change of the codegen template
+        raise GaugeError(alg.layer.name, None, "codegen template changed: cannot load the generated families")
+    namespace: dict = {}
+    exec(compile(text.replace(_IMPORT, "from gaugemath.backends._family import Family, Slice"),
+                 f"<discovered {alg.layer.name} ({library})>", "exec"), namespace)
+    cache[library] = dict(namespace["FAMILIES"])
+    return dict(cache[library])
+
+
+def torch_binding(alg: LieAlgebra, model, names: Mapping[str, str]):
+    """A :class:`gaugemath.backends.torch.Binding` of the discovered families to ``model``'s parameters.
+
+    ``names`` maps each layer block (e.g. ``"W_in"``) to a parameter name of ``model`` (e.g.
+    ``"fc_in.weight"``); weights follow the layer's convention (``y = W x``, as ``nn.Linear``).
+    Families are bound in the order their composed frame was proved.
+    """
+    from gaugemath.backends.torch.binding import Binding
+    from gaugemath.backends.torch.orbits import BoundFamily
+
+    named = dict(model.named_parameters())
+    fams = load_families(alg, "torch")
+    order: list[str] = []
+    bound = []
+    for key, fam in fams.items():
+        roles, units = {}, set()
+        for s in fam.slices:
+            if s.role not in names:
+                raise GaugeError(fam.gauge, s.role, f"no model parameter given for block '{s.role}' (names=)")
+            pname = names[s.role]
+            if pname not in named:
+                raise GaugeError(fam.gauge, pname, "no such parameter in the model")
+            t = named[pname]
+            vector = alg.layer.params[s.role].cols == 1
+            if t.dim() != (1 if vector else 2) and not (vector and t.dim() == 2 and t.shape[1] == 1):
+                raise GaugeError(fam.gauge, pname, f"shape {tuple(t.shape)} does not fit block '{s.role}' "
+                                 f"({'a vector' if vector else 'a matrix'} in the layer)")
+            if pname not in order:
+                order.append(pname)
+            roles[s.role] = [order.index(pname)]
+            units.add(t.shape[0] // 2 if fam.kind == "plane" else
+                      {"rows": t.shape[0], "cols": t.shape[-1], "all": 1}[s.axis])
+        if len(units) != 1:
+            raise GaugeError(fam.gauge, key, f"roles disagree on the number of units {sorted(units)}")
+        bound.append(BoundFamily(fam, key, roles, units.pop()))
+    return Binding([(n, named[n]) for n in order], bound)
