@@ -80,6 +80,11 @@ def activation_spectrum(a: Tensor) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ gauge observables
+def bound_tensors(binding: Binding | None) -> list[Tensor]:
+    """The binding's tensors in binding order, detached float64 copies (empty without a binding)."""
+    return [p.detach().double().clone() for _, p in binding.params] if binding is not None else []
+
+
 def _norm(ts: list[Tensor]) -> float:
     return math.sqrt(sum(float((t * t).sum()) for t in ts))
 
@@ -159,16 +164,13 @@ class Observer:
         self.records: list[dict[str, Any]] = []
         self._q0: dict[str, Tensor] | None = None
 
-    def _theta(self) -> list[Tensor]:
-        return [p.detach().double().clone() for _, p in self.binding.params] if self.binding else []
-
     @contextmanager
     def step(self, step: int, **scalars: float) -> Iterator[None]:
         """Wrap one optimizer step: snapshot ``θ_t`` before, record after (when ``step % every == 0``)."""
         if step % self.every:
             yield
             return
-        before = self._theta()
+        before = bound_tensors(self.binding)
         yield
         self.record(step, before, **scalars)
 
@@ -177,7 +179,7 @@ class Observer:
         vertical fraction); append the record to memory and the JSONL file and return it."""
         rec: dict[str, Any] = {"step": step, **{k: float(v) for k, v in scalars.items()}}
         if self.binding is not None and self.binding.families:
-            theta = self._theta()
+            theta = bound_tensors(self.binding)
             fams: dict[str, dict[str, float]] = {n: {} for n in (f.name for f in self.binding.families)}
             for name, value in orbit_drift(self.binding, theta).items():
                 fams[name]["orbit_drift"] = value

@@ -186,22 +186,28 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def configured(experiment: str, presets: dict[str, Any], scale: str, overrides: dict[str, Any]) -> Any:
-    """``presets[scale]`` with ``overrides`` applied (``None`` values ignored); unknown scales or
-    fields are a ``ValueError`` naming the experiment and the valid choices."""
+    """``presets[scale]`` with the non-``None`` ``overrides`` applied. An unknown scale is a ``ValueError``,
+    an unknown field a ``TypeError`` (as for an unexpected keyword); both name the experiment and the choices."""
     from dataclasses import fields, replace
 
     if scale not in presets:
         raise ValueError(f"{experiment}: unknown scale {scale!r}; choose from {', '.join(presets)}")
     cfg = presets[scale]
+    given = {k: v for k, v in overrides.items() if v is not None}
     names = {f.name for f in fields(cfg)}
-    bad = sorted(set(overrides) - names)
+    bad = sorted(set(given) - names)
     if bad:
-        raise ValueError(f"{experiment}: unknown option(s) {', '.join(bad)}; options: {', '.join(sorted(names))}")
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        raise TypeError(f"{experiment}: unknown option(s) {', '.join(bad)}; options: {', '.join(sorted(names))}")
+    return replace(cfg, **given)
 
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core: no thread oversubscription
+
+
+def worker_count(jobs: int, workers: int | None = None) -> int:
+    """Processes :func:`parallel_map` uses for ``jobs`` jobs: ``workers`` (default one per CPU), at most ``jobs``."""
+    return min(workers or os.cpu_count() or 1, jobs)
 
 
 def parallel_map(fn, jobs: list[tuple], workers: int | None = None) -> Iterator[Any]:
@@ -210,7 +216,7 @@ def parallel_map(fn, jobs: list[tuple], workers: int | None = None) -> Iterator[
     process (same thread settings as the caller). ``fn`` must be a module-level function."""
     import multiprocessing as mp
 
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    workers = worker_count(len(jobs), workers)
     if workers <= 1:
         for job in jobs:
             yield fn(*job)

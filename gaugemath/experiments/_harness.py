@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gaugemath.backends.torch import Binding
-from gaugemath.observe import Observer, flatten
+from gaugemath.observe import Observer, bound_tensors, flatten
 
 from ._common import COLOURS, OptimizerConfig, RunDir, make_optimizer, progress, pyplot, read_metrics
 
@@ -34,14 +34,6 @@ def colour(arm: str) -> str:
         return _EXTRA_COLOURS[arm]
     base = arm.split("[")[0]
     return COLOURS.get(base, _PALETTE[sum(map(ord, arm)) % len(_PALETTE)])
-
-
-def configure(scales: dict[str, Any], scale: str, overrides: dict[str, Any]) -> Any:
-    """The preset ``scales[scale]`` with the non-``None`` ``overrides`` replaced (a ``ValueError`` names
-    the choices for an unknown scale, a ``TypeError`` an unknown field)."""
-    if scale not in scales:
-        raise ValueError(f"unknown scale {scale!r}: choose from {', '.join(scales)}")
-    return replace(scales[scale], **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -92,11 +84,6 @@ def finish(rundir: RunDir, runs: list[dict[str, Any]], rows: list[dict[str, Any]
     return {**results, "dir": str(rundir.path)}
 
 
-def theta(binding: Binding | None) -> list[torch.Tensor]:
-    """The bound tensors in binding order, detached float64 copies (empty without a binding)."""
-    return [p.detach().double().clone() for _, p in binding.params] if binding is not None else []
-
-
 def gauge_coordinates(binding: Binding, theta: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per scale family, the position along the orbit ``φ_k = −log h_k(θ)`` (``(units,)``): the log of the
     frame element that takes unit ``k`` to its canonical slice (``h(g·θ) = h(θ)g⁻¹``, so ``φ(g·θ) = φ(θ) + log g``).
@@ -123,14 +110,14 @@ def train(model: nn.Module, opt: Any, loss_fn: Callable[[nn.Module, int], torch.
     tag = tag or {}
     obs = Observer(model, binding, weights=False, probe=probe) if (binding is not None or probe is not None) else None
     history: list[dict[str, Any]] = []
-    phi0 = gauge_coordinates(binding, theta(binding)) if binding is not None else {}
+    phi0 = gauge_coordinates(binding, bound_tensors(binding)) if binding is not None else {}
 
     def log(step: int, before: list[torch.Tensor] | None) -> None:
         rec = {**tag, "step": step, **evaluate(model)}
         if obs is not None:
             o = obs.record(step, before if before else None)
             flat = flatten({k: v for k, v in o.items() if k in ("families", "vertical_fraction")})
-            for name, phi in gauge_coordinates(binding, theta(binding)).items() if binding is not None else ():
+            for name, phi in gauge_coordinates(binding, bound_tensors(binding)).items() if binding is not None else ():
                 flat[f"families/{name}/phi_drift"] = float((phi - phi0[name]).abs().mean())
             rec.update(flat)
             for key in ("orbit_drift", "charge_drift", "phi_drift"):
@@ -149,7 +136,7 @@ def train(model: nn.Module, opt: Any, loss_fn: Callable[[nn.Module, int], torch.
         opt.zero_grad()
         loss.backward()
         logging = (step + 1) % log_every == 0 or step + 1 == steps
-        before = theta(binding) if logging else None
+        before = bound_tensors(binding) if logging else None
         opt.step()
         if logging:
             log(step + 1, before)

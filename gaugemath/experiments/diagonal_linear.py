@@ -38,7 +38,7 @@ from torch import nn
 
 from gaugemath.backends.torch import Binding, GaugeSpec, bind
 
-from ._common import OptimizerConfig, RunDir, markdown_table, seed_everything
+from ._common import OptimizerConfig, RunDir, configured, markdown_table, seed_everything
 from ._harness import (
     Arm,
     Panel,
@@ -52,7 +52,6 @@ from ._harness import (
     sweep,
     train,
 )
-from ._harness import configure as _configure
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> DiagonalLinearConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("diagonal_linear", SCALES, scale, overrides)
 
 
 class DiagonalLinear(nn.Module):

@@ -22,9 +22,8 @@ from typing import Any
 
 from gaugemath.verify import THRESHOLDS, _constructions, run_protocol
 
-from ._common import OptimizerConfig, RunDir, markdown_table
+from ._common import OptimizerConfig, RunDir, configured, markdown_table
 from ._harness import Arm, Panel, finish, plot_curves, records_of, sweep
-from ._harness import configure as _configure
 
 #: experiment optimizer name → :func:`gaugemath.verify.run_protocol` optimizer name
 PROTOCOL_NAMES = {"adamw": "adamw", "ddcadam": "ddc_adam", "muon": "muon", "ddcmuon": "ddc_muon"}
@@ -53,7 +52,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> EquivarianceConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("equivariance", SCALES, scale, overrides)
 
 
 def constructions(cfg: EquivarianceConfig) -> list:

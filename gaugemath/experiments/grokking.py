@@ -15,7 +15,6 @@ train accuracy ≥ ``threshold``) and *steps to grok* (first with test accuracy 
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from ._common import (
     pyplot,
     read_metrics,
     seed_everything,
+    worker_count,
 )
 
 
@@ -191,7 +191,7 @@ def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dic
     rundir = RunDir(out, "grokking", {"config": asdict(cfg)})
     jobs = [(cfg, name, seed) for seed in cfg.seeds for name in cfg.optimizers]
     bar = progress(len(jobs) * cfg.steps, "grokking", show_progress)
-    in_process = min(cfg.workers or os.cpu_count() or 1, len(jobs)) <= 1
+    in_process = worker_count(len(jobs), cfg.workers) <= 1
     runs = []
     for summary, history in parallel_map(train_one, [(*job, bar) if in_process else job for job in jobs],
                                          cfg.workers):

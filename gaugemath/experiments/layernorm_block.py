@@ -25,7 +25,7 @@ from torch import nn
 
 from gaugemath.backends.torch import GaugeSpec, bind
 
-from ._common import OptimizerConfig, RunDir, seed_everything
+from ._common import OptimizerConfig, RunDir, configured, seed_everything
 from ._harness import (
     Arm,
     Panel,
@@ -37,9 +37,6 @@ from ._harness import (
     records_of,
     sweep,
     train,
-)
-from ._harness import (
-    configure as _configure,
 )
 from .teacher_student import summarise as _summarise
 from .teacher_student import table as _table
@@ -72,7 +69,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> LayerNormBlockConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("layernorm_block", SCALES, scale, overrides)
 
 
 def block(d: int, d_out: int) -> nn.Sequential:

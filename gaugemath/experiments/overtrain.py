@@ -28,7 +28,7 @@ from gaugemath.backends.torch import bind
 from gaugemath.models import GPT
 from gaugemath.observe import dead_direction_rates
 
-from ._common import OptimizerConfig, RunDir, markdown_table, seed_everything
+from ._common import OptimizerConfig, RunDir, configured, markdown_table, seed_everything
 from ._harness import (
     Arm,
     Panel,
@@ -40,9 +40,6 @@ from ._harness import (
     records_of,
     sweep,
     train,
-)
-from ._harness import (
-    configure as _configure,
 )
 
 
@@ -76,7 +73,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> OvertrainConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("overtrain", SCALES, scale, overrides)
 
 
 def corpus() -> str:

@@ -31,9 +31,9 @@ from torch import nn
 
 from gaugemath.backends.torch import bind
 from gaugemath.models import MLP
-from gaugemath.observe import charges
+from gaugemath.observe import bound_tensors, charges
 
-from ._common import OptimizerConfig, RunDir, markdown_table, pyplot, seed_everything
+from ._common import OptimizerConfig, RunDir, configured, markdown_table, pyplot, seed_everything
 from ._harness import (
     Arm,
     Panel,
@@ -46,11 +46,7 @@ from ._harness import (
     plot_curves,
     records_of,
     sweep,
-    theta,
     train,
-)
-from ._harness import (
-    configure as _configure,
 )
 
 
@@ -81,7 +77,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> TeacherStudentConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("teacher_student", SCALES, scale, overrides)
 
 
 def dataset(cfg: TeacherStudentConfig, seed: int) -> tuple[torch.Tensor, ...]:
@@ -106,7 +102,7 @@ def _run_one(cfg: TeacherStudentConfig, arm: Arm, seed: int, run: RunDir, bar: A
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
         with torch.no_grad():
-            q = next(iter(charges(binding, theta(binding)).values()))
+            q = next(iter(charges(binding, bound_tensors(binding)).values()))
             return {"train_loss": float((m(x_tr) - y_tr).pow(2).mean()),
                     "test_loss": float((m(x_te) - y_te).pow(2).mean()), "charges": q.tolist()}
 

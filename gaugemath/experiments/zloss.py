@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gaugemath.backends.torch import GaugeSpec, bind
-from gaugemath.observe import charges
+from gaugemath.observe import bound_tensors, charges
 
-from ._common import OptimizerConfig, RunDir, markdown_table, seed_everything
-from ._harness import Arm, Panel, build_optimizer, finish, plot_curves, records_of, sweep, theta
-from ._harness import configure as _configure
+from ._common import OptimizerConfig, RunDir, configured, markdown_table, seed_everything
+from ._harness import Arm, Panel, build_optimizer, finish, plot_curves, records_of, sweep
 from ._harness import train as train_loop
 
 SPECS = [GaugeSpec("ce_shift", {"W": "2.weight", "b": "2.bias"}, name="head")]
@@ -71,7 +70,7 @@ SCALES = {
 
 def configure(scale: str = "cpu", **overrides: Any) -> ZLossConfig:
     """The preset for ``scale`` with ``overrides`` (``None`` values ignored)."""
-    return _configure(SCALES, scale, overrides)
+    return configured("zloss", SCALES, scale, overrides)
 
 
 def dataset(cfg: ZLossConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +110,7 @@ def _run_one(cfg: ZLossConfig, arm: Arm, seed: int, run: RunDir, bar: Any) -> li
         def evaluate(m: nn.Module, binding=binding) -> dict[str, float]:
             with torch.no_grad():
                 z = m(x)
-                q = charges(binding, theta(binding))
+                q = charges(binding, bound_tensors(binding))
                 return {"ce": float(F.cross_entropy(z, y)), "acc": float((z.argmax(-1) == y).float().mean()),
                         "mean_logit": float(z.mean()), "abs_mean_logit": float(z.mean().abs()),
                         "lse": float(torch.logsumexp(z, -1).mean()),
