@@ -44,6 +44,8 @@ def test_short_run_writes_metrics_results_and_plot(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = {r["optimizer"]: r for r in records if r["step"] == 0}
     assert first["adamw"]["train_loss"] == first["ddcadam"]["train_loss"]  # same init, same data
+    observed = {(r["optimizer"], r["step"]): r.get("vertical_fraction") for r in records}
+    assert observed["ddcadam", 10] < 1e-4 < observed["adamw", 10] and observed["ddcadam", 20] is not None
     runs = {r["optimizer"]: r for r in result["runs"]}
     assert runs["ddcadam"]["vertical_fraction_mean"] < 1e-4 < runs["adamw"]["vertical_fraction_mean"]
     assert "| adamw |" in result["table"] and "| ddcadam |" in result["table"]

@@ -55,7 +55,7 @@ class GrokkingConfig:
     mlp: str = "relu"
     steps: int = 1200
     eval_every: int = 50
-    observe_every: int = 250
+    observe_every: int = 250  # gauge observables every N updates; a multiple of eval_every puts them in the log
     threshold: float = 0.95
     seeds: tuple[int, ...] = (0, 1)
     optimizers: tuple[str, ...] = ("adamw", "ddcadam")
@@ -117,7 +117,7 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
             grok = step if grok is None and te_acc >= cfg.threshold else grok
             rec = {"optimizer": optimizer, "seed": seed, "step": step, "train_loss": tr_loss, "train_acc": tr_acc,
                    "test_loss": te_loss, "test_acc": te_acc}
-            if obs.records and obs.records[-1]["step"] == step - 1:  # the observation of the last update
+            if obs.records and obs.records[-1]["step"] == step:  # the update that produced θ_step was observed
                 last = obs.records[-1]
                 rec["vertical_fraction"] = last.get("vertical_fraction")
                 rec["orbit_drift_max"] = max(v["orbit_drift"] for v in last["families"].values())
@@ -126,7 +126,7 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
             break
         opt.zero_grad()
         loss.backward()
-        with obs.step(step + 1 if (step + 1) % cfg.eval_every == 0 else -1):
+        with obs.step(step + 1):  # labelled by the step it produces; observed when observe_every divides it
             opt.step()
         if bar is not None:
             bar.update(1)
