@@ -119,12 +119,12 @@ class DDCMuon(DDCAdam):
             p.add_(update, alpha=-lr * _adjust(lr_fn, p.shape))
 
     # ------------------------------------------------------------------ bound tensors
-    def _base_directions(self, group, params, states, grad_h, theta, sdtype, work):
+    def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """Muon directions (canonical momentum, orthogonalised) and AdamW directions, expressed so
         that the step is ``−lr (u + λθ̃)`` with the Muon ``lr`` and ``λ`` of the group."""
         adam = [k for k, p in enumerate(params) if id(p) not in self.muon_ids]
         u_adam, bc1, bc2 = (super()._base_directions(group, [params[k] for k in adam], [states[k] for k in adam],
-                                                     [grad_h[k] for k in adam], theta, sdtype, work)
+                                                     [grad_h[k] for k in adam], theta, sdtype, work, fused)
                             if adam else ([], None, None))
         if bc1 is None:  # no Adam tensor bound: the vertical channel's bias corrections from the step count
             for st in states:

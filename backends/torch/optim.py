@@ -255,10 +255,8 @@ class DDCAdam(torch.optim.Optimizer):
         vertical, veps = group["vertical"], group["vertical_eps"]
         params = plan["bound"]
         path, fams, proj = self._path(plan)
-        self._kernel_path = path == "triton"
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
-        self._state_dtype = sdtype
         states = [self._state(p, sdtype) for p in params]
         theta = [p.detach().to(work, copy=True) for p in params]
         grad = [p.grad.to(work, copy=True) for p in params]
@@ -276,7 +274,8 @@ class DDCAdam(torch.optim.Optimizer):
         grad_h = grad  # g̃ is not needed again: make it horizontal in place
         for fam, c in zip(fams, coef_g):
             fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
-        u, bc1, bc2 = self._base_directions(group, params, states, grad_h, theta, sdtype, work)
+        u, bc1, bc2 = self._base_directions(group, params, states, grad_h, theta, sdtype, work,
+                                            fused=path == "triton")
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack([fam.coords(theta, u) for fam in fams], c_theta)
         coef = proj.solve(fact, rhs)
@@ -286,7 +285,8 @@ class DDCAdam(torch.optim.Optimizer):
             if vertical == "sgd":
                 a = a + coef_g[f][..., 0] + wd * coef[f][..., 1]
             elif vertical == "adam":
-                a = a + self._vertical_adam(states[0], f, fam, coef_g[f][..., 0], fact, b1, b2, bc1, bc2, veps)
+                a = a + self._vertical_adam(states[0], f, fam, coef_g[f][..., 0], fact, b1, b2, bc1, bc2, veps,
+                                            sdtype)
                 a = a + wd * coef[f][..., 1]
             fam.lift(a, theta, delta)
         torch._foreach_add_(theta, delta, alpha=-lr)  # 5. step and map back
@@ -297,7 +297,7 @@ class DDCAdam(torch.optim.Optimizer):
         for p, t in zip(params, theta):
             p.copy_(t)
 
-    def _base_directions(self, group, params, states, grad_h, theta, sdtype, work):
+    def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the
         state dtype); returns ``u`` (the step is ``−lr (u + λθ̃)`` before projection) and the bias
         corrections."""
@@ -308,7 +308,7 @@ class DDCAdam(torch.optim.Optimizer):
         bc1, bc2 = 1 - b1**step, 1 - b2**step
         m = [st["exp_avg"] for st in states]
         v = [st["exp_avg_sq"] for st in states]
-        if getattr(self, "_kernel_path", False):  # one fused launch per tensor
+        if fused:  # the Triton path: one fused launch per tensor
             return adam_directions(grad_h, m, v, (b1, b2), eps, bc1, bc2, work), bc1, bc2
         gs = grad_h if sdtype == work else [g.to(sdtype) for g in grad_h]
         torch._foreach_lerp_(m, gs, 1 - b1)
@@ -323,7 +323,8 @@ class DDCAdam(torch.optim.Optimizer):
             u = [x.to(work) for x in u]
         return u, bc1, bc2
 
-    def _vertical_adam(self, st0: dict, f: int, fam, c: Tensor, fact, b1, b2, bc1, bc2, veps) -> Tensor:
+    def _vertical_adam(self, st0: dict, f: int, fam, c: Tensor, fact, b1, b2, bc1, bc2, veps,
+                       sdtype: torch.dtype) -> Tensor:
         """Scalar Adam per orbit coordinate on normalised generators; returns coefficients on ``X``."""
         if fam.kind == "head":
             lam = fact["grams"][f].diagonal(dim1=1, dim2=2)
@@ -332,7 +333,7 @@ class DDCAdam(torch.optim.Optimizer):
         else:
             norm = fact["grams"][f].sqrt()
         key = f"vertical.{f}"
-        sdtype = self._state_dtype  # moments in the state dtype, like the per-coordinate ones
+        # moments in the state dtype ``sdtype``, like the per-coordinate ones
         if f"{key}.exp_avg" not in st0:
             st0[f"{key}.exp_avg"] = torch.zeros_like(c, dtype=sdtype)
             st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c, dtype=sdtype)
