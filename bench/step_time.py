@@ -2,7 +2,7 @@
 
     python bench/step_time.py [--device cpu|cuda] [--model cpu|gpt2|tiny] [--steps N] [--warmup N]
                               [--dtype float32|bfloat16] [--canonical-dtype float32|float64] [--profile]
-                              [--batch B] [--seq T] [--threads N] [--max-seconds S]
+                              [--batch B] [--seq T] [--threads N] [--max-seconds S] [--compile]
 
 What is measured: ``optimizer.step()`` only. The model (``gpt_small_cpu()`` on CPU, ``gpt2_small()``
 on CUDA by default; ``torch.manual_seed(0)``) is built once, one batch of random token ids
@@ -13,7 +13,9 @@ steps of one optimizer never touch another's parameters:
 * ``AdamW(foreach)``: ``torch.optim.AdamW(foreach=True)``;
 * ``AdamW(fused)``: ``torch.optim.AdamW(fused=True)``, skipped (reported unavailable) where it
   does not construct or step on the device/dtype;
-* ``DDCAdam``: ``gaugemath.backends.torch.DDCAdam`` with ``binding=bind(model_copy)``.
+* ``DDCAdam``: ``gaugemath.backends.torch.DDCAdam`` with ``binding=bind(model_copy)``;
+* ``DDCAdam(compiled)`` (with ``--compile``): the same, stepped through ``torch.compile(opt.step)``
+  (Inductor); its first call (the compilation) is untimed and reported in seconds.
 
 All use ``lr=1e-4``, ``weight_decay=0.1``, default betas/eps. After ``--warmup`` steps (state
 allocated, caches warm), ``--steps`` steps are timed one by one with ``time.perf_counter``
@@ -93,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=float, default=60.0,
                     help="stop timing one optimizer after this many seconds (at least 3 timed steps; default 60)")
     ap.add_argument("--profile", action="store_true", help="profile 5 DDCAdam steps and print the top operators")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(DDCAdam.step)")
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     args.model = args.model or ("gpt2" if cuda else "cpu")
@@ -141,20 +144,20 @@ def clone_with_grads(model: nn.Module) -> nn.Module:
     return twin
 
 
-def time_steps(opt: torch.optim.Optimizer, steps: int, warmup: int, device: torch.device,
+def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torch.device,
                max_seconds: float = float("inf")) -> list[float]:
-    """Milliseconds of each of ``steps`` timed steps after ``warmup`` untimed ones.
+    """Milliseconds of each of ``steps`` timed calls of ``step`` after ``warmup`` untimed ones.
 
     Timing stops early once ``max_seconds`` have been spent on the timed steps (but not before 3).
     """
     for _ in range(warmup):
-        opt.step()
+        step()
     sync(device)
     times: list[float] = []
     for _ in range(steps):
         sync(device)
         t0 = time.perf_counter()
-        opt.step()
+        step()
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
         if len(times) >= 3 and sum(times) > max_seconds * 1e3:
@@ -172,6 +175,19 @@ def make_optimizer(kind: str, model: nn.Module, args: argparse.Namespace) -> tor
     return DDCAdam(params, binding=bind(model), lr=LR, weight_decay=WEIGHT_DECAY, canonical_dtype=canonical)
 
 
+def bench_compiled(reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
+    """``torch.compile(DDCAdam.step)``: the compilation (first call) untimed, reported in seconds."""
+    model = clone_with_grads(reference)
+    opt = make_optimizer("DDCAdam", model, args)
+    step = torch.compile(opt.step)
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    compile_s = time.perf_counter() - t0
+    times = time_steps(step, args.steps, args.warmup, device, args.max_seconds)
+    return Result("DDCAdam(compiled)", times, note=f"first call (compilation) {compile_s:.0f} s")
+
+
 def bench(kind: str, reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
     model = clone_with_grads(reference)
     try:
@@ -186,7 +202,7 @@ def bench(kind: str, reference: nn.Module, args: argparse.Namespace, device: tor
         print(f"fused: unavailable ({reason})")
         return Result(kind, [], note=reason)
     warmup = max(args.warmup - 1, 0) if kind == "AdamW(fused)" else args.warmup
-    times = time_steps(opt, args.steps, warmup, device, args.max_seconds)
+    times = time_steps(opt.step, args.steps, warmup, device, args.max_seconds)
     return Result(kind, times, note="" if len(times) == args.steps else f"{len(times)} steps (--max-seconds)")
 
 
@@ -234,19 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     del binding
 
     results = {kind: bench(kind, reference, args, device) for kind in ("AdamW(foreach)", "AdamW(fused)", "DDCAdam")}
+    if args.compile:
+        results["DDCAdam(compiled)"] = bench_compiled(reference, args, device)
     foreach, fused = results["AdamW(foreach)"], results["AdamW(fused)"]
-    print(f"\n{'optimizer':16s} {'median ms':>10s} {'IQR ms':>22s} {'vs foreach':>11s} {'vs fused':>9s}")
+    print(f"\n{'optimizer':18s} {'median ms':>10s} {'IQR ms':>22s} {'vs foreach':>11s} {'vs fused':>9s}")
     for r in results.values():
         if not r.times_ms:
-            print(f"{r.name:16s} {'unavailable':>10s}")
+            print(f"{r.name:18s} {'unavailable':>10s}")
             continue
         q1, q3 = r.iqr
-        print(f"{r.name:16s} {r.median:10.2f} {f'[{q1:.2f}, {q3:.2f}]':>22s} {ratio(r, foreach):>11s} "
+        print(f"{r.name:18s} {r.median:10.2f} {f'[{q1:.2f}, {q3:.2f}]':>22s} {ratio(r, foreach):>11s} "
               f"{ratio(r, fused):>9s}  {r.note}".rstrip())
 
     if args.profile:
         profile_ddc(reference, args, device)
     base = fused if fused.times_ms else foreach
+    if args.compile:
+        print(f"\nratio DDCAdam(compiled)/{base.name} = {results['DDCAdam(compiled)'].median / base.median:.2f}")
     print(f"\nratio DDCAdam/{base.name} = {results['DDCAdam'].median / base.median:.2f}")
     return 0
 

@@ -239,14 +239,18 @@ class KernelFamily(BoundFamily):
 
 
 def adam_directions(grads: list[Tensor], m: list[Tensor], v: list[Tensor], betas: tuple[float, float],
-                    eps: float, bc1: float, bc2: float, work: torch.dtype) -> list[Tensor]:
+                    eps: float, bc1: float | Tensor, bc2: float | Tensor, work: torch.dtype) -> list[Tensor]:
     """Fused Adam per tensor (moments in place); returns ``u = m̂/(√v̂ + ε)`` in ``work``.
 
     Scalars travel as one small tensor in the state dtype so fp64 states see exact fp64 constants.
     """
     lib = _lib()
     b1, b2 = betas
-    sc = torch.tensor([1 - b1, b2, 1 - b2, bc2**0.5, eps, bc1], dtype=m[0].dtype).to(m[0].device, non_blocking=True)
+    scalars = [1 - b1, b2, 1 - b2, bc2**0.5, eps, bc1]
+    if any(isinstance(x, Tensor) for x in scalars):  # under torch.compile the bias corrections are tensors
+        sc = torch.stack([torch.as_tensor(x, dtype=m[0].dtype) for x in scalars]).to(m[0].device)
+    else:
+        sc = torch.tensor(scalars, dtype=m[0].dtype).to(m[0].device, non_blocking=True)
     out = []
     for g, mm, vv in zip(grads, m, v):
         u = torch.empty(mm.shape, dtype=work, device=mm.device)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .optim import DDCAdam
+from .optim import DDCAdam, scalar, step_count
 
 DEFAULT_NS = (3.4445, -4.775, 2.0315)
 
@@ -95,28 +95,36 @@ class DDCMuon(DDCAdam):
         self.muon_ids = {id(p) for p in chosen}
         self.ns = (tuple(ns_coefficients), ns_steps, eps, adjust_lr_fn, ns_dtype, canonical_ns_dtype)
 
+    def _init_state(self, p: Tensor, work: torch.dtype, bound: bool) -> None:
+        """:meth:`DDCAdam._init_state`, plus the momentum buffer of a Muon tensor (bound ones in
+        ``canonical_ns_dtype``, free ones in the parameter dtype as ``torch.optim.Muon``)."""
+        super()._init_state(p, work, bound)
+        st = self.state[p]
+        if id(p) in self.muon_ids and "momentum_buffer" not in st:
+            dtype = self.ns[5] if bound else p.dtype
+            st["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
     def _uses_moments(self, p: Tensor) -> bool:
         return id(p) not in self.muon_ids  # Muon tensors keep one momentum buffer, no Adam moments
 
     # ------------------------------------------------------------------ free tensors
-    def _adamw(self, group: dict, params: list[Tensor]) -> None:
-        muon = [p for p in params if id(p) in self.muon_ids]
-        rest = [p for p in params if id(p) not in self.muon_ids]
+    def _adamw(self, group: dict, slots: list[tuple]) -> None:
+        muon = [s for s in slots if id(s[0]) in self.muon_ids]
+        rest = [s for s in slots if id(s[0]) not in self.muon_ids]
         adam_group = dict(group, lr=group["adam_lr"], weight_decay=group["adam_weight_decay"])
         super()._adamw(adam_group, rest)
         coeffs, steps, eps, lr_fn, ns_dtype, _ = self.ns
-        lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
-        for p in muon:  # torch.optim.Muon._single_tensor_muon, operation for operation
-            st = self.state[p]
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["shape"] = torch.tensor(list(p.shape))
+        lr, wd, mom = scalar(group["lr"]), group["weight_decay"], group["momentum"]
+        for p, grad, st in muon:  # torch.optim.Muon._single_tensor_muon, operation for operation
             buf = st["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - mom)
-            update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
+            buf.lerp_(grad, 1 - mom)
+            update = grad.lerp(buf, mom) if group["nesterov"] else buf
             update = newton_schulz(update, coeffs, steps, eps, ns_dtype)
             p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr * _adjust(lr_fn, p.shape))
+            if isinstance(lr, Tensor):  # under torch.compile
+                p.sub_(update.to(p.dtype) * (lr * _adjust(lr_fn, p.shape)))  # not in bf16
+            else:
+                p.add_(update, alpha=-lr * _adjust(lr_fn, p.shape))
 
     # ------------------------------------------------------------------ bound tensors
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
@@ -129,25 +137,22 @@ class DDCMuon(DDCAdam):
         if bc1 is None:  # no Adam tensor bound: the vertical channel's bias corrections from the step count
             for st in states:
                 st["step"] += 1
-            step = float(states[0]["step"])
+            step = step_count(states[0])
             bc1, bc2 = 1 - group["betas"][0] ** step, 1 - group["betas"][1] ** step
         else:
             for k, st in enumerate(states):
                 if k not in adam:
                     st["step"] += 1
         coeffs, steps, eps, lr_fn, _, ns_dtype = self.ns
-        lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
-        ratio, awd = group["adam_lr"] / lr, group["adam_weight_decay"]
+        lr, wd, mom = scalar(group["lr"]), group["weight_decay"], group["momentum"]
+        ratio, awd = scalar(group["adam_lr"]) / lr, group["adam_weight_decay"]
         u: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
         for j, k in enumerate(adam):  # lr (u + λθ̃) = adam_lr (d + λ_a θ̃)
             u[k] = ratio * (u_adam[j] + awd * theta[k]) - wd * theta[k]
         for k, p in enumerate(params):
             if id(p) not in self.muon_ids:
                 continue
-            st = states[k]
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(grad_h[k], dtype=self.ns[5])
-            buf = st["momentum_buffer"]
+            buf = states[k]["momentum_buffer"]
             g = grad_h[k].to(buf.dtype)
             buf.lerp_(g, 1 - mom)
             update = g.lerp(buf, mom) if group["nesterov"] else buf

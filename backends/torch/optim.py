@@ -28,7 +28,6 @@ operation order), so ``DDCAdam`` with an empty binding *is* AdamW.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 
@@ -93,7 +92,8 @@ class DDCAdam(torch.optim.Optimizer):
             raise ValueError(f"invalid betas {betas}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, vertical=vertical,
                         vertical_eps=eps if vertical_eps is None else vertical_eps, vertical_rtol=vertical_rtol)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # imports Dynamo (torch.optim does), so marking the syncs costs nothing
+        _host_syncs_run_eagerly()
         self.binding = binding if binding is not None else Binding([], [])
         self.nonfinite = nonfinite
         if canonical_dtype not in (None, torch.float32, torch.float64):
@@ -155,22 +155,35 @@ class DDCAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, plan in zip(self.param_groups, self._plans):
-            if not self._check_grads(group, plan):
+        for index, group in enumerate(self.param_groups):
+            tensors: list[Tensor] = []
+            layout = self._init_group(group, index, tensors)
+            free, bound = _slots(tensors, layout)
+            if not self._all_finite(group, free + bound):
                 continue  # nonfinite="skip": parameters and state untouched
-            self._adamw(group, [p for p in plan["free"] if p.grad is not None])
-            if plan["bound"]:
-                self._ddc(group, plan)
+            self._adamw(group, free)
+            if bound:
+                self._ddc(group, self._plans[index], bound)
         return loss
 
-    def _check_grads(self, group: dict, plan: dict) -> bool:
-        """Shapes, dtypes, sparsity; then one host sync: are all gradients finite?"""
+    def _init_group(self, group: dict, index: int, tensors: list[Tensor]) -> tuple:
+        """Check the gradients of param group ``index``, allocate missing state, and append to
+        ``tensors`` each parameter with a gradient, its gradient and its state tensors (free
+        parameters first, then the bound ones in binding order); returns the layout
+        ``(free, bound)``, per parameter the state keys, for :func:`_slots`.
+
+        Named and shaped as in ``torch.optim``: under ``torch.compile`` Dynamo runs this method
+        eagerly instead of tracing it, guards what it appended to ``tensors`` by where it came from
+        (parameters, ``.grad``, ``self.state``) and reuses the compiled step from step to step; a
+        changed shape, dtype or missing gradient fails a guard, and the re-run raises here. The rest
+        of the step reads tensors only from ``tensors``, never from ``self.state``.
+        """
+        plan = self._plans[index]
         names = dict(zip(map(id, plan["bound"]), plan["names"]))
 
         def who(p):
             return (self.binding.gauge_of(p) if id(p) in names else "none"), names.get(id(p), "<unbound>")
 
-        grads = []
         for p in group["params"]:
             if p.grad is None:
                 if id(p) in names:
@@ -185,16 +198,48 @@ class DDCAdam(torch.optim.Optimizer):
             if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
                 raise GaugeError(*who(p), f"gradient {tuple(p.grad.shape)}/{p.grad.dtype} does not match the "
                                  f"parameter {tuple(p.shape)}/{p.dtype}")
-            grads.append(p.grad)
+        free = [p for p in plan["free"] if p.grad is not None]
+        for p in free:
+            self._init_state(p, torch.float32 if p.dtype == torch.bfloat16 else p.dtype, bound=False)
+        bound = plan["bound"]
+        if bound:
+            sdtype = torch.float32 if bound[0].dtype == torch.bfloat16 else bound[0].dtype
+            for p in bound:
+                self._init_state(p, sdtype, bound=True)
+            if group["vertical"] == "adam":  # scalar moments per orbit coordinate, kept with the first tensor
+                for f, fam in enumerate(plan["families"]):
+                    shape = (fam.units, fam.d_head, fam.d_head) if fam.kind == "head" else (fam.units,)
+                    for moment in ("exp_avg", "exp_avg_sq"):
+                        self.state[bound[0]].setdefault(f"vertical.{f}.{moment}",
+                                                        torch.zeros(shape, dtype=sdtype, device=bound[0].device))
+        if bound:
+            self._path(plan)  # decide the kernel path here, outside any compiled graph
+        layout = []
+        for part in (free, bound):
+            keys = []
+            for p in part:
+                st = {k: v for k, v in self.state[p].items() if k != "shape"}
+                tensors += [p, p.grad, *st.values()]
+                keys.append(tuple(st))
+            layout.append(tuple(keys))
+        return tuple(layout)
+
+    def _all_finite(self, group: dict, slots: list[tuple]) -> bool:
+        """One host sync: are all gradients finite? (``nonfinite="raise"``: if not, name the tensor.)"""
+        grads = [g for _, g, _ in slots]
         # the 2-norm of a tensor is finite iff every entry is (barring overflow of the norm itself)
         if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             return True
         if self.nonfinite == "skip":
             return False
-        bad = next(p for p in group["params"] if p.grad is not None and not torch.isfinite(p.grad).all())
-        raise GaugeError(*who(bad), "non-finite gradient (nonfinite='raise'; use 'skip' to skip such steps)")
+        bad = next(p for p, g, _ in slots if not torch.isfinite(g).all())
+        names = {id(p): n for n, p in self.binding.params}
+        gauge = self.binding.gauge_of(bad) if id(bad) in names else "none"
+        raise GaugeError(gauge, names.get(id(bad), "<unbound>"),
+                         "non-finite gradient (nonfinite='raise'; use 'skip' to skip such steps)")
 
-    def _state(self, p: Tensor, work: torch.dtype) -> dict:
+    def _init_state(self, p: Tensor, work: torch.dtype, bound: bool) -> None:
+        """Step count, shape and (where the base optimizer keeps them) Adam moments in ``work``."""
         st = self.state[p]
         if not st:
             st["step"] = torch.tensor(0.0)
@@ -202,38 +247,45 @@ class DDCAdam(torch.optim.Optimizer):
                 st["exp_avg"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
             st["shape"] = torch.tensor(list(p.shape))
-        return st
 
     def _uses_moments(self, p: Tensor) -> bool:
         """Whether ``p`` keeps per-coordinate Adam moments (every tensor here; not Muon's in ``DDCMuon``)."""
         return True
 
-    def _adamw(self, group: dict, params: list[Tensor]) -> None:
-        """``torch.optim.AdamW``'s foreach update, operation for operation (bf16: fp32 state)."""
-        if not params:
+    def _adamw(self, group: dict, slots: list[tuple]) -> None:
+        """``torch.optim.AdamW``'s foreach update, operation for operation (bf16: fp32 state), on the
+        ``(param, grad, state)`` slots of the free parameters."""
+        if not slots:
             return
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        by_step: dict[tuple, list] = {}
-        for p in params:
+        lr, (b1, b2), eps, wd = scalar(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+        by_dtype: dict[tuple, list] = {}
+        for p, g, st in slots:
             work = torch.float32 if p.dtype == torch.bfloat16 else p.dtype
-            st = self._state(p, work)
             st["step"] += 1
-            by_step.setdefault((float(st["step"]), work, p.dtype), []).append((p, st))
-        for (step, work, dtype), items in by_step.items():
-            ps = [p for p, _ in items]
+            by_dtype.setdefault((work, p.dtype), []).append((p, g, st))
+        for (work, dtype), items in by_dtype.items():
+            ps = [p for p, _, _ in items]
             theta = [p.detach() for p in ps] if work == dtype else [p.detach().to(work) for p in ps]
-            grads = [p.grad if work == dtype else p.grad.to(work) for p in ps]
-            m = [st["exp_avg"] for _, st in items]
-            v = [st["exp_avg_sq"] for _, st in items]
+            grads = [g if work == dtype else g.to(work) for _, g, _ in items]
+            m = [st["exp_avg"] for _, _, st in items]
+            v = [st["exp_avg_sq"] for _, _, st in items]
             torch._foreach_mul_(theta, 1 - lr * wd)
             torch._foreach_lerp_(m, grads, 1 - b1)
             torch._foreach_mul_(v, b2)
             torch._foreach_addcmul_(v, grads, grads, 1 - b2)
-            bc1, bc2 = 1 - b1**step, 1 - b2**step
+            steps = [step_count(st) for _, _, st in items]
+            bc1 = [1 - b1**step for step in steps]
+            bc2_sqrt = [(1 - b2**step) ** 0.5 for step in steps]
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, bc2**0.5)
+            torch._foreach_div_(denom, bc2_sqrt)
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(theta, m, denom, (lr / bc1) * -1)
+            step_size = [(lr / bc) * -1 for bc in bc1]
+            if _compiling():  # 0-dim tensor step sizes: no scalar-list overload takes them on every device
+                update = torch._foreach_div(m, denom)
+                torch._foreach_mul_(update, step_size)
+                torch._foreach_add_(theta, update)
+            else:
+                torch._foreach_addcdiv_(theta, m, denom, step_size)
             if work != dtype:
                 for p, t in zip(ps, theta):
                     p.copy_(t)
@@ -250,16 +302,17 @@ class DDCAdam(torch.optim.Optimizer):
             return "triton", *plan["kernel_families"]
         return "reference", plan["families"], plan["projector"]
 
-    def _ddc(self, group: dict, plan: dict) -> None:
-        lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+        """Steps 1–5 on the ``(param, grad, state)`` slots of the bound parameters (binding order)."""
+        lr, (b1, b2), wd = scalar(group["lr"]), group["betas"], group["weight_decay"]
         vertical, veps = group["vertical"], group["vertical_eps"]
-        params = plan["bound"]
+        params = [p for p, _, _ in slots]
+        states = [st for _, _, st in slots]
         path, fams, proj = self._path(plan)
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
-        states = [self._state(p, sdtype) for p in params]
         theta = [p.detach().to(work, copy=True) for p in params]
-        grad = [p.grad.to(work, copy=True) for p in params]
+        grad = [g.to(work, copy=True) for _, g, _ in slots]
         frames = []
         for fam in fams:  # 1. canonical coordinates, covector rule
             h = fam.frame(theta)
@@ -289,7 +342,11 @@ class DDCAdam(torch.optim.Optimizer):
                                             sdtype)
                 a = a + wd * coef[f][..., 1]
             fam.lift(a, theta, delta)
-        torch._foreach_add_(theta, delta, alpha=-lr)  # 5. step and map back
+        if isinstance(lr, Tensor):  # 5. step and map back (a tensor lr: under torch.compile)
+            torch._foreach_mul_(delta, lr)
+            torch._foreach_sub_(theta, delta)
+        else:
+            torch._foreach_add_(theta, delta, alpha=-lr)
         for fam, h in zip(reversed(fams), reversed(frames)):
             fam.act(h, theta, inverse=True)
         if self.nonfinite == "raise":
@@ -304,7 +361,7 @@ class DDCAdam(torch.optim.Optimizer):
         (b1, b2), eps = group["betas"], group["eps"]
         for st in states:
             st["step"] += 1
-        step = float(states[0]["step"])
+        step = step_count(states[0])
         bc1, bc2 = 1 - b1**step, 1 - b2**step
         m = [st["exp_avg"] for st in states]
         v = [st["exp_avg_sq"] for st in states]
@@ -315,7 +372,7 @@ class DDCAdam(torch.optim.Optimizer):
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, gs, gs, 1 - b2)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_div_(denom, bc2**0.5)
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(m, denom)
         torch._foreach_div_(u, bc1)
@@ -332,16 +389,12 @@ class DDCAdam(torch.optim.Optimizer):
             norm = norm + torch.eye(norm.shape[-1], dtype=norm.dtype, device=norm.device)
         else:
             norm = fact["grams"][f].sqrt()
-        key = f"vertical.{f}"
-        # moments in the state dtype ``sdtype``, like the per-coordinate ones
-        if f"{key}.exp_avg" not in st0:
-            st0[f"{key}.exp_avg"] = torch.zeros_like(c, dtype=sdtype)
-            st0[f"{key}.exp_avg_sq"] = torch.zeros_like(c, dtype=sdtype)
-        m, v = st0[f"{key}.exp_avg"], st0[f"{key}.exp_avg_sq"]
+        # moments in the state dtype ``sdtype``, like the per-coordinate ones (allocated by _init_group)
+        m, v = st0[f"vertical.{f}.exp_avg"], st0[f"vertical.{f}.exp_avg_sq"]
         chat = (c * norm).to(sdtype)
         m.lerp_(chat, 1 - b1)
         v.mul_(b2).addcmul_(chat, chat, value=1 - b2)
-        return ((m / bc1) / ((v.sqrt() / math.sqrt(bc2)).add_(veps))).to(c.dtype) / norm
+        return ((m / bc1) / ((v.sqrt() / bc2**0.5).add_(veps))).to(c.dtype) / norm
 
     def _check_update(self, theta: list[Tensor], plan: dict, frames: list) -> None:
         """One host sync: is the update finite? If not, name the family whose frame broke."""
@@ -361,6 +414,52 @@ class DDCAdam(torch.optim.Optimizer):
                                  "the canonical frame is undefined there")
         bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
         raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (overflow)")
+
+
+def _slots(tensors: list[Tensor], layout: tuple) -> tuple[list[tuple], list[tuple]]:
+    """``(free, bound)``: per parameter ``(param, grad, {state key: tensor})`` from the flat list
+    and layout of :meth:`DDCAdam._init_group` (the state dicts are new; their tensors are the state's)."""
+    parts, k = [], 0
+    for keys_of in layout:
+        part = []
+        for keys in keys_of:
+            part.append((tensors[k], tensors[k + 1], dict(zip(keys, tensors[k + 2 : k + 2 + len(keys)]))))
+            k += 2 + len(keys)
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _host_syncs_run_eagerly() -> None:
+    """Mark the two host-sync methods (all-finite checks) ``torch.compiler.disable``: under
+    ``torch.compile`` each is then a clean graph break run eagerly, not a traced ``Tensor.item()``
+    with Dynamo's warning. Done at the first construction instead of with a decorator, because the
+    decorator imports Dynamo (and with it Triton) when this module is imported."""
+    if getattr(DDCAdam, "_syncs_marked", False):
+        return
+    for name in ("_all_finite", "_check_update"):
+        setattr(DDCAdam, name, torch.compiler.disable(getattr(DDCAdam, name)))
+    DDCAdam._syncs_marked = True
+
+
+def scalar(x: float | Tensor) -> float | Tensor:
+    """A hyperparameter such as ``lr``: a Tensor (for ``torch.compile`` with an LR scheduler, which then
+    updates it in place instead of triggering a recompilation) stays one under ``torch.compile``; in
+    eager mode it is read as a Python float (one host read), since the foreach operations take numbers."""
+    return x.item() if isinstance(x, Tensor) and not _compiling() else x
+
+
+def step_count(state: dict) -> float | Tensor:
+    """The state's step count: a Python float in eager mode (torch.optim's habit: ``.item()`` is cheaper
+    than tensor arithmetic on a CPU scalar), the tensor itself under ``torch.compile`` so the bias
+    corrections ``1 − βᵗ`` are traced as tensor expressions instead of baked in as constants (which
+    would recompile the step every step). In float64 there, as the Python float: ``1 − β₂ᵗ`` in float32
+    loses five digits to cancellation at ``t = 1`` (β₂ = 0.999), which Adam's first, sign-like step
+    turns into visible differences (measured: 2e-6 on a SwiGLU matrix of ``tiny_gpt``)."""
+    return state["step"].to(torch.float64) if _compiling() else state["step"].item()
 
 
 def _stack(*columns: list[Tensor]) -> list[Tensor]:
