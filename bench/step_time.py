@@ -3,6 +3,8 @@
     python bench/step_time.py [--device cpu|cuda] [--model cpu|gpt2|tiny] [--steps N] [--warmup N]
                               [--dtype float32|bfloat16] [--canonical-dtype float32|float64] [--profile]
                               [--batch B] [--seq T] [--threads N] [--max-seconds S] [--compile]
+                              [--compile-mode default|reduce-overhead|max-autotune] [--nonfinite raise|skip|unchecked]
+                              [--kernels auto|triton|reference]
 
 What is measured: ``optimizer.step()`` only. The model (``gpt_small_cpu()`` on CPU, ``gpt2_small()``
 on CUDA by default; ``torch.manual_seed(0)``) is built once, one batch of random token ids
@@ -14,8 +16,10 @@ steps of one optimizer never touch another's parameters:
 * ``AdamW(fused)``: ``torch.optim.AdamW(fused=True)``, skipped (reported unavailable) where it
   does not construct or step on the device/dtype;
 * ``DDCAdam``: ``gaugemath.backends.torch.DDCAdam`` with ``binding=bind(model_copy)``;
-* ``DDCAdam(compiled)`` (with ``--compile``): the same, stepped through ``torch.compile(opt.step)``
-  (Inductor); its first call (the compilation) is untimed and reported in seconds.
+* ``DDCAdam(compiled)`` (with ``--compile``): the same, stepped through ``torch.compile(opt.step,
+  mode=--compile-mode)`` (Inductor; ``reduce-overhead`` adds CUDA graphs, which want
+  ``--nonfinite unchecked``: no host sync, one graph); its first call (the compilation) is untimed
+  and reported in seconds.
 
 All use ``lr=1e-4``, ``weight_decay=0.1``, default betas/eps. After ``--warmup`` steps (state
 allocated, caches warm), ``--steps`` steps are timed one by one with ``time.perf_counter``
@@ -96,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="stop timing one optimizer after this many seconds (at least 3 timed steps; default 60)")
     ap.add_argument("--profile", action="store_true", help="profile 5 DDCAdam steps and print the top operators")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(DDCAdam.step)")
+    ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                    help="torch.compile mode for --compile")
+    ap.add_argument("--nonfinite", default="raise", choices=("raise", "skip", "unchecked"),
+                    help="DDCAdam nonfinite (unchecked: no host sync per step)")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "triton", "reference"),
+                    help="DDCAdam kernel path (auto: Triton on CUDA; reference: torch ops, which --compile fuses)")
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     args.model = args.model or ("gpt2" if cuda else "cpu")
@@ -172,14 +182,15 @@ def make_optimizer(kind: str, model: nn.Module, args: argparse.Namespace) -> tor
     if kind == "AdamW(fused)":
         return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
     canonical = None if args.canonical_dtype is None else DTYPES[args.canonical_dtype]
-    return DDCAdam(params, binding=bind(model), lr=LR, weight_decay=WEIGHT_DECAY, canonical_dtype=canonical)
+    return DDCAdam(params, binding=bind(model), lr=LR, weight_decay=WEIGHT_DECAY, canonical_dtype=canonical,
+                   nonfinite=args.nonfinite, kernels=args.kernels)
 
 
 def bench_compiled(reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
     """``torch.compile(DDCAdam.step)``: the compilation (first call) untimed, reported in seconds."""
     model = clone_with_grads(reference)
     opt = make_optimizer("DDCAdam", model, args)
-    step = torch.compile(opt.step)
+    step = torch.compile(opt.step, mode=None if args.compile_mode == "default" else args.compile_mode)
     t0 = time.perf_counter()
     step()
     sync(device)
@@ -245,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, model {name}: {n_params:,} parameters ({args.dtype}), "
           f"batch {args.batch}x{args.seq}")
     print(f"binding: {len(binding.params)} bound parameters ({n_bound:,} elements), "
-          f"{len(binding.families)} orbit families; DDCAdam canonical_dtype={args.canonical_dtype or 'default'}")
+          f"{len(binding.families)} orbit families; DDCAdam canonical_dtype={args.canonical_dtype or 'default'}, "
+          f"nonfinite={args.nonfinite}, kernels={args.kernels}"
+          + (f"; compile mode {args.compile_mode}" if args.compile else ""))
     print(f"lr={LR}, weight_decay={WEIGHT_DECAY}; {args.warmup} warmup + {args.steps} timed steps each")
     del binding
 

@@ -18,18 +18,21 @@ from gaugemath.backends.torch import DDCAdam, DDCMuon, bind
 from gaugemath.models import tiny_gpt
 
 
-def _compiled_vs_eager(make, backend: str, steps: int, scheduled: bool = False) -> list[float]:
+def _compiled_vs_eager(make, backend: str, steps: int, scheduled: bool = False,
+                       fullgraph: bool = False) -> list[float]:
     """Relative parameter deviation, compiled vs eager step, after each of ``steps`` steps; the
     compiled step may compile at its first call only (``zero_grad()`` frees the gradients between
     steps, as in a training loop). ``scheduled``: both halve the lr every step (``StepLR``), the
-    compiled one with ``lr`` a tensor (torch.optim's recipe against a recompilation per lr value)."""
+    compiled one with ``lr`` a tensor (torch.optim's recipe against a recompilation per lr value).
+    ``fullgraph``: the lr is halved by hand instead (in place for the tensor), because a scheduler
+    wraps ``opt.step`` in a function of ``lr_scheduler.py``, which Dynamo does not trace."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     ma = tiny_gpt()
     mb = copy.deepcopy(ma)
     oa, ob = make(ma, 1e-2), make(mb, torch.tensor(1e-2, dtype=torch.float64) if scheduled else 1e-2)
-    scheds = [torch.optim.lr_scheduler.StepLR(o, 1, 0.5) for o in (oa, ob)] if scheduled else []
-    compiled = torch.compile(ob.step, backend=backend)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, 1, 0.5) for o in (oa, ob)] if scheduled and not fullgraph else []
+    compiled = torch.compile(ob.step, backend=backend, fullgraph=fullgraph)
     gen = torch.Generator().manual_seed(1)
     out = []
     for i in range(steps):
@@ -41,6 +44,9 @@ def _compiled_vs_eager(make, backend: str, steps: int, scheduled: bool = False) 
                 step()
         for sched in scheds:
             sched.step()
+        if scheduled and fullgraph:
+            oa.param_groups[0]["lr"] *= 0.5
+            ob.param_groups[0]["lr"].mul_(0.5)
         with torch.no_grad():
             num = sum(float((p - q).double().pow(2).sum()) for p, q in zip(ma.parameters(), mb.parameters()))
             den = sum(float(p.double().pow(2).sum()) for p in ma.parameters())
@@ -53,6 +59,15 @@ def test_compiled_step_is_traced_once_and_equals_eager():
     to 1e-7 (the tensor bias corrections are float64, as the eager Python floats)."""
     dev = _compiled_vs_eager(lambda m, lr: DDCAdam(m.parameters(), binding=bind(m), lr=lr, vertical="adam"),
                              "eager", 4)
+    assert max(dev) < 1e-7, dev
+
+
+@pytest.mark.parametrize("cls", [DDCAdam, DDCMuon])
+def test_unchecked_step_is_one_graph(cls):
+    """``nonfinite="unchecked"`` (no host sync): ``fullgraph=True`` traces the whole step as one graph
+    (what CUDA graphs need), with a tensor lr changed in place between steps, and gives the eager results."""
+    dev = _compiled_vs_eager(lambda m, lr: cls(m.parameters(), binding=bind(m), lr=lr, nonfinite="unchecked"),
+                             "eager", 3, scheduled=True, fullgraph=True)
     assert max(dev) < 1e-7, dev
 
 

@@ -362,6 +362,12 @@ def test_optimizer_errors_name_parameter_and_gauge():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # state untouched: allocated (by _init_group, before the finiteness check) but still that of a fresh optimizer
     assert all(float(t.abs().sum()) == 0 for st in skip.state.values() for k, t in st.items() if k != "shape")
+    unchecked = DDCAdam(model.parameters(), binding=binding, nonfinite="unchecked")
+    unchecked.step()  # no check, no error: the NaN reaches the parameters, as with torch.optim.AdamW
+    assert torch.isnan(model.fc_in.weight).any()
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), before):
+            p.copy_(b)
     model.zero_grad()
     model(torch.randn(5, 3)).sum().backward()
     model.fc_out.weight.grad = None

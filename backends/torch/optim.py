@@ -41,7 +41,7 @@ from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
 
 VERTICAL = ("freeze", "sgd", "adam")
-NONFINITE = ("raise", "skip")
+NONFINITE = ("raise", "skip", "unchecked")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -69,7 +69,10 @@ class DDCAdam(torch.optim.Optimizer):
             :class:`~gaugemath.GaugeError` naming the parameter and gauge, or ``"skip"`` the step,
             leaving parameters and state untouched. Either way the check is one host sync per
             step (one fused all-finite reduction); it is the only sync in ``step`` except the
-            degenerate-orbit check of ``"raise"`` on bound tensors.
+            degenerate-orbit check of ``"raise"`` on bound tensors. ``"unchecked"``: no check and
+            no sync, as ``torch.optim.AdamW`` (a non-finite gradient or a degenerate orbit then
+            makes non-finite parameters); the step is then one graph for
+            ``torch.compile(..., fullgraph=True)`` and CUDA graphs.
         kernels: ``"auto"`` (default, or the environment variable ``GAUGEMATH_KERNELS``): the generated
             Triton kernels for CUDA tensors when Triton imports, else the pure-torch reference path;
             ``"triton"`` (forced; ``RuntimeError`` where it cannot run) or ``"reference"``. Both paths
@@ -159,7 +162,7 @@ class DDCAdam(torch.optim.Optimizer):
             tensors: list[Tensor] = []
             layout = self._init_group(group, index, tensors)
             free, bound = _slots(tensors, layout)
-            if not self._all_finite(group, free + bound):
+            if self.nonfinite != "unchecked" and not self._all_finite(group, free + bound):
                 continue  # nonfinite="skip": parameters and state untouched
             self._adamw(group, free)
             if bound:
