@@ -36,6 +36,8 @@ from torch import Tensor
 
 from gaugemath.errors import GaugeError
 
+from . import batching
+from .batching import Batch, Layout
 from .binding import Binding, reindexed
 from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
@@ -106,6 +108,7 @@ class DDCAdam(torch.optim.Optimizer):
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose from {KERNELS}")
         self.kernels = kernels
+        self._batch_layers = True  # merge isomorphic families across layers (reference path; tests turn it off)
         self._plans = self._plan()
 
     # ------------------------------------------------------------------ structure
@@ -293,17 +296,26 @@ class DDCAdam(torch.optim.Optimizer):
                 for p, t in zip(ps, theta):
                     p.copy_(t)
 
-    def _path(self, plan: dict) -> tuple[str, list, Projector]:
-        """The kernel path for this plan's device (decided once per device) and its families/projector."""
+    def _path(self, plan: dict) -> tuple[str, list, Projector, list[Batch], Layout | None]:
+        """The kernel path for this plan's device (decided once per device), its families and
+        projector, and the batches the step runs: on the reference path isomorphic families across
+        layers merged over one work buffer (:mod:`.batching`); on the Triton path single families."""
         device = plan["bound"][0].device
         if plan.get("device") != device:
             plan["device"], plan["path"] = device, select(self.kernels, device)
             if plan["path"] == "triton" and "kernel_families" not in plan:
                 fams = [KernelFamily.of(f) for f in plan["families"]]
-                plan["kernel_families"] = (fams, Projector(fams, plan["names"]))
+                proj = Projector(fams, plan["names"])
+                plan["kernel_families"] = (fams, proj, [Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
+            if plan["path"] == "reference" and "batches" not in plan:
+                fams = plan["families"]
+                if self._batch_layers:
+                    plan["batches"] = batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
+                else:
+                    plan["batches"] = ([Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
         if plan["path"] == "triton":
             return "triton", *plan["kernel_families"]
-        return "reference", plan["families"], plan["projector"]
+        return "reference", plan["families"], plan["projector"], *plan["batches"]
 
     def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
         """Steps 1–5 on the ``(param, grad, state)`` slots of the bound parameters (binding order)."""
@@ -311,50 +323,65 @@ class DDCAdam(torch.optim.Optimizer):
         vertical, veps = group["vertical"], group["vertical_eps"]
         params = [p for p, _, _ in slots]
         states = [st for _, _, st in slots]
-        path, fams, proj = self._path(plan)
+        path, fams, proj, batches, layout = self._path(plan)
+        n = len(params)
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
-        theta = [p.detach().to(work, copy=True) for p in params]
-        grad = [g.to(work, copy=True) for _, g, _ in slots]
+        if layout is None:  # one work copy per tensor
+            theta_flat = None
+            theta = [p.detach().to(work, copy=True) for p in params]
+            grad = [g.to(work, copy=True) for _, g, _ in slots]
+        else:  # one work buffer; tensors and layer stacks are views of it
+            theta_flat, theta = layout.buffer([p.detach() for p in params], work)
+            grad = layout.buffer([g for _, g, _ in slots], work)[1]
         frames = []
-        for fam in fams:  # 1. canonical coordinates, covector rule
-            h = fam.frame(theta)
-            fam.act_pair(h, theta, grad)
+        for b in batches:  # 1. canonical coordinates, covector rule
+            h = b.family.frame(theta)
+            b.family.act_pair(h, theta, grad)
             frames.append(h)
-        grams, c_theta = zip(*[fam.gram_and_self_coords(theta) for fam in fams])  # 2. split
-        fact = proj.factor(theta, list(grams))
+        grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
+        grams, c_theta = _per_family(batches, grams, len(fams)), _per_family(batches, c_theta, len(fams))
+        fact = proj.factor(theta, grams)
         rtol = group["vertical_rtol"]
         rtol = torch.finfo(params[0].dtype).eps ** 0.5 if rtol is None else rtol  # the gradient's resolution
         # vertical coordinates of g̃; round-off is not a signal (exact zero)
-        coef_g = proj.solve(fact, _stack([fam.vertical_rhs(theta, grad, rtol) for fam in fams]))
-        grad_h = grad  # g̃ is not needed again: make it horizontal in place
-        for fam, c in zip(fams, coef_g):
-            fam.lift(c[..., 0], theta, grad_h, alpha=-1.0)
-        u, bc1, bc2 = self._base_directions(group, params, states, grad_h, theta, sdtype, work,
+        rhs_g = [b.family.vertical_rhs(theta, grad, rtol) for b in batches]
+        coef_g = proj.solve(fact, _stack(_per_family(batches, rhs_g, len(fams))))
+        for b in batches:  # g̃ is not needed again: make it horizontal in place
+            b.family.lift(b.join([coef_g[f][..., 0] for f in b.members]), theta, grad, alpha=-1.0)
+        u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
                                             fused=path == "triton")
+        if layout is not None:
+            u_flat, u = layout.buffer(u, work)
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
-        rhs = _stack([fam.coords(theta, u) for fam in fams], c_theta)
+        rhs = _stack(_per_family(batches, [b.family.coords(theta, u) for b in batches], len(fams)), c_theta)
         coef = proj.solve(fact, rhs)
-        delta = torch._foreach_add(u, theta, alpha=wd)
-        for f, fam in enumerate(fams):
-            a = -(coef[f][..., 0] + wd * coef[f][..., 1])  # −(c_u + λ c_θ): makes u + λθ̃ horizontal
+        if layout is None:
+            delta = torch._foreach_add(u, theta, alpha=wd)
+        else:  # u is not needed again: δ = u + λθ̃ in its buffer
+            delta_flat, delta = u_flat.add_(theta_flat, alpha=wd), u
+        for b in batches:
+            cu, cg = b.join([coef[f] for f in b.members]), b.join([coef_g[f] for f in b.members])
+            a = -(cu[..., 0] + wd * cu[..., 1])  # −(c_u + λ c_θ): makes u + λθ̃ horizontal
             if vertical == "sgd":
-                a = a + coef_g[f][..., 0] + wd * coef[f][..., 1]
+                a = a + cg[..., 0] + wd * cu[..., 1]
             elif vertical == "adam":
-                a = a + self._vertical_adam(states[0], f, fam, coef_g[f][..., 0], fact, b1, b2, bc1, bc2, veps,
-                                            sdtype)
-                a = a + wd * coef[f][..., 1]
-            fam.lift(a, theta, delta)
-        if isinstance(lr, Tensor):  # 5. step and map back (a tensor lr: under torch.compile)
+                a = a + b.join([self._vertical_adam(states[0], f, fams[f], coef_g[f][..., 0], fact, b1, b2, bc1, bc2,
+                                                    veps, sdtype) for f in b.members])
+                a = a + wd * cu[..., 1]
+            b.family.lift(a, theta, delta)
+        if layout is not None:  # 5. step and map back
+            _sub_scaled(theta_flat, delta_flat, lr)
+        elif isinstance(lr, Tensor):  # a tensor lr: under torch.compile
             torch._foreach_mul_(delta, lr)
             torch._foreach_sub_(theta, delta)
         else:
             torch._foreach_add_(theta, delta, alpha=-lr)
-        for fam, h in zip(reversed(fams), reversed(frames)):
-            fam.act(h, theta, inverse=True)
+        for b, h in zip(reversed(batches), reversed(frames)):
+            b.family.act(h, theta, inverse=True)
         if self.nonfinite == "raise":
-            self._check_update(theta, plan, frames)
-        for p, t in zip(params, theta):
+            self._check_update(theta[:n], plan, batches, frames, fact["info"])
+        for p, t in zip(params, theta[:n]):
             p.copy_(t)
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
@@ -399,11 +426,17 @@ class DDCAdam(torch.optim.Optimizer):
         v.mul_(b2).addcmul_(chat, chat, value=1 - b2)
         return ((m / bc1) / ((v.sqrt() / bc2**0.5).add_(veps))).to(c.dtype) / norm
 
-    def _check_update(self, theta: list[Tensor], plan: dict, frames: list) -> None:
-        """One host sync: is the update finite? If not, name the family whose frame broke."""
-        if bool(torch.isfinite(torch.stack(torch._foreach_norm(theta))).all()):
+    def _check_update(self, theta: list[Tensor], plan: dict, batches: list[Batch], frames: list,
+                      infos: list[Tensor]) -> None:
+        """One host sync: is the update finite and was every coupled Gram block positive definite? If
+        not, name the family (and layer) whose frame broke, or the coupled families."""
+        ok = torch.isfinite(torch.stack(torch._foreach_norm(theta))).all()
+        if infos:
+            ok = ok & (torch.stack(infos) == 0).all()
+        if bool(ok):
             return
-        for fam, h in zip(plan["families"], frames):
+        for b, h in zip(batches, frames):
+            fam = b.family
             parts = h if isinstance(h, tuple) else (h,)
             bad = torch.zeros(fam.units, dtype=torch.bool, device=theta[0].device)
             for part in parts:
@@ -413,8 +446,16 @@ class DDCAdam(torch.optim.Optimizer):
                     bad |= (v == 0).any(1)
             if bool(bad.any()):
                 k = int(torch.nonzero(bad)[0, 0])
-                raise GaugeError(fam.family.gauge, fam.name, f"degenerate orbit at unit {k} (zero-norm slices): "
-                                 "the canonical frame is undefined there")
+                member = plan["families"][b.members[k // b.units]]
+                raise GaugeError(member.family.gauge, member.name, f"degenerate orbit at unit {k % b.units} "
+                                 "(zero-norm slices): the canonical frame is undefined there")
+        for comp, info in zip(self._path(plan)[2].components, infos):
+            if int(info) != 0:
+                fams = self._path(plan)[1]
+                names = ", ".join(fams[f].name for f in (*comp.side_a, *comp.side_b))
+                raise GaugeError(fams[comp.side_a[0]].family.gauge, names,
+                                 "the Gram matrix of these coupled orbit families is numerically singular "
+                                 "(nearly dependent orbit directions): the vertical projection is undefined")
         bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
         raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (overflow)")
 
@@ -463,6 +504,23 @@ def step_count(state: dict) -> float | Tensor:
     loses five digits to cancellation at ``t = 1`` (β₂ = 0.999), which Adam's first, sign-like step
     turns into visible differences (measured: 2e-6 on a SwiGLU matrix of ``tiny_gpt``)."""
     return state["step"].to(torch.float64) if _compiling() else state["step"].item()
+
+
+def _per_family(batches: list[Batch], outputs, count: int) -> list[Tensor]:
+    """Per-batch outputs ``(L·units, …)`` as a list indexed by family (views)."""
+    out: list[Tensor] = [None] * count  # type: ignore[list-item]
+    for b, o in zip(batches, outputs):
+        for f, part in zip(b.members, b.split(o)):
+            out[f] = part
+    return out
+
+
+def _sub_scaled(x: Tensor, y: Tensor, lr: float | Tensor) -> None:
+    """In place ``x −= lr·y`` (``y`` is scratch: a tensor ``lr``, under torch.compile, scales it)."""
+    if isinstance(lr, Tensor):
+        x.sub_(y.mul_(lr))
+    else:
+        x.add_(y, alpha=-lr)
 
 
 def _stack(*columns: list[Tensor]) -> list[Tensor]:

@@ -25,11 +25,12 @@ _ENTRY = re.compile(r"^(?P<role>.+)_r(?P<r>[01])_c(?P<c>\d+)$")
 
 
 def _reduce(t: Tensor, axis: str) -> Tensor:
-    """Per-unit sum over the slice: ``(units,)``."""
+    """Per-unit sum over the slice: ``(units,)``. A 3-D ``cols`` tensor is a layer stack
+    ``(L, m, n)`` (see :mod:`.batching`): units ``L·n``."""
     if axis == "rows":
         return t.reshape(t.shape[0], -1).sum(1)
     if axis == "cols":
-        return t.sum(0)
+        return t.sum(0) if t.dim() == 2 else t.sum(1).reshape(-1)
     return t.sum().reshape(1)
 
 
@@ -38,7 +39,7 @@ def _bcast(v: Tensor, t: Tensor, axis: str) -> Tensor:
     if axis == "rows":
         return v.reshape(-1, *([1] * (t.dim() - 1)))
     if axis == "cols":
-        return v.reshape(1, -1)
+        return v.reshape(1, -1) if t.dim() == 2 else v.reshape(t.shape[0], 1, t.shape[2])
     return v.reshape(())
 
 
@@ -46,12 +47,14 @@ def _slice_len(t: Tensor, axis: str) -> int:
     if axis == "rows":
         return t.numel() // t.shape[0]
     if axis == "cols":
-        return t.shape[0]
+        return t.shape[-2]
     return t.numel()
 
 
 def _units(t: Tensor, axis: str) -> int:
-    return t.shape[0] if axis == "rows" else t.shape[1] if axis == "cols" else 1
+    if axis == "cols":
+        return t.shape[1] if t.dim() == 2 else t.shape[0] * t.shape[2]
+    return t.shape[0] if axis == "rows" else 1
 
 
 def _pairs(t: Tensor) -> tuple[Tensor, Tensor]:

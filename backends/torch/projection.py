@@ -38,10 +38,12 @@ class Projector:
     # ---------------------------------------------------------------- per step
     def factor(self, theta: list[Tensor], grams: list[Tensor] | None = None) -> dict:
         """Everything that depends on ``θ̃`` only: Gram diagonals (computed unless given),
-        eigendecompositions, Schur factors."""
+        eigendecompositions, Schur factors. ``"info"`` holds, per coupled component, Cholesky's
+        status (``0``: positive definite); it is not checked here, which would be a host sync per
+        component, but with the update (``DDCAdam(nonfinite="raise")``)."""
         grams = [fam.gram(theta) for fam in self.families] if grams is None else grams
         heads = {f: torch.linalg.eigh(grams[f]) for f, fam in enumerate(self.families) if fam.kind == "head"}
-        schur = []
+        schur, infos = [], []
         for comp in self.components:
             d_a = torch.cat([grams[f] for f in comp.side_a])
             d_b = torch.cat([grams[f] for f in comp.side_b])
@@ -53,8 +55,10 @@ class Projector:
                 sa, sb = off_a[fa], off_b[fb]
                 e[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units] += w * sq
             s = torch.diag(d_a) - (e / d_b) @ e.T
-            schur.append((e, d_b, torch.linalg.cholesky(s), off_a, off_b))
-        return {"grams": grams, "heads": heads, "schur": schur}
+            chol, info = torch.linalg.cholesky_ex(s)  # no host sync; ``info`` is checked with the update
+            schur.append((e, d_b, chol, off_a, off_b))
+            infos.append(info)
+        return {"grams": grams, "heads": heads, "schur": schur, "info": infos}
 
     def solve(self, fact: dict, rhs: list[Tensor]) -> list[Tensor]:
         """``Γ⁻¹ r``; ``rhs[f]`` is ``(units, R)`` (heads: skew ``(heads, d, d, R)``)."""
