@@ -309,13 +309,15 @@ class DDCAdam(torch.optim.Optimizer):
                 plan["kernel_families"] = (fams, proj, [Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
             if plan["path"] == "reference" and "batches" not in plan:
                 fams = plan["families"]
-                if self._batch_layers:
-                    plan["batches"] = batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
-                else:
-                    plan["batches"] = ([Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
+                plan["single"] = ([Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
+                plan["batches"] = (batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
+                                   if self._batch_layers else plan["single"])
         if plan["path"] == "triton":
             return "triton", *plan["kernel_families"]
-        return "reference", plan["families"], plan["projector"], *plan["batches"]
+        # Under torch.compile, single families on separate work copies: Inductor handles in-place
+        # updates of views of one large buffer by rewriting the buffer (measured: 2.9 s per compiled
+        # step on gpt_small_cpu against 0.21 s), and it fuses the per-family operations anyway.
+        return "reference", plan["families"], plan["projector"], *plan["single" if _compiling() else "batches"]
 
     def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
         """Steps 1–5 on the ``(param, grad, state)`` slots of the bound parameters (binding order)."""
@@ -351,8 +353,10 @@ class DDCAdam(torch.optim.Optimizer):
             b.family.lift(b.join([coef_g[f][..., 0] for f in b.members]), theta, grad, alpha=-1.0)
         u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
                                             fused=path == "triton")
-        if layout is not None:
+        if layout is not None:  # one pass: copy (and cast) u into its work buffer
             u_flat, u = layout.buffer(u, work)
+        else:
+            u = [x if x.dtype == work else x.to(work) for x in u]
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack(_per_family(batches, [b.family.coords(theta, u) for b in batches], len(fams)), c_theta)
         coef = proj.solve(fact, rhs)
@@ -386,8 +390,8 @@ class DDCAdam(torch.optim.Optimizer):
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the
-        state dtype); returns ``u`` (the step is ``−lr (u + λθ̃)`` before projection) and the bias
-        corrections."""
+        state dtype); returns ``u`` (the step is ``−lr (u + λθ̃)`` before projection; in the state
+        dtype or the work dtype, the caller casts) and the bias corrections."""
         (b1, b2), eps = group["betas"], group["eps"]
         for st in states:
             st["step"] += 1
@@ -406,9 +410,7 @@ class DDCAdam(torch.optim.Optimizer):
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(m, denom)
         torch._foreach_div_(u, bc1)
-        if sdtype != work:
-            u = [x.to(work) for x in u]
-        return u, bc1, bc2
+        return u, bc1, bc2  # in the state dtype: the caller moves u into its work buffer
 
     def _vertical_adam(self, st0: dict, f: int, fam, c: Tensor, fact, b1, b2, bc1, bc2, veps,
                        sdtype: torch.dtype) -> Tensor:
