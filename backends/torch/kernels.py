@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .orbits import BoundFamily, _slice_len, _units
+from .orbits import BoundFamily
 
 KERNELS = ("auto", "triton", "reference")
 _ROW = {name: r for r, name in enumerate(("sq", "sum", "dot", "adot", "usum", "ausum", "cross", "across"))}
@@ -129,28 +129,12 @@ class KernelFamily(BoundFamily):
                 HAS_U=u is not None, PLANE=self.kind == "plane", ACCUM=j > 0, BLOCK_M=bm, BLOCK_N=bn)
         return out
 
-    def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None) -> dict[str, Tensor]:
-        sums: dict[str, Tensor] = {}
-        out: dict[str, Tensor] = {}
-        for name in names:
-            entry = self._entry(name, theta)
-            if entry is not None:
-                out[name] = entry
-                continue
-            prefix, role = name.split("_", 1)
-            if prefix == "n":
-                s = self.family.slice(role)
-                t = theta[self.roles[role][0]]
-                out[name] = t.new_full((_units(t, s.axis),), float(_slice_len(t, s.axis)))
-                continue
-            if role not in sums:
-                sums[role] = self._sums(role, theta, u)
-            if prefix == "mean":
-                s = self.family.slice(role)
-                out[name] = sums[role][_ROW["sum"]] / sum(_slice_len(theta[i], s.axis) for i in self.roles[role])
-            else:
-                out[name] = sums[role][_ROW[prefix]]
-        return out
+    def _role_sum(self, prefix: str, role: str, theta: list[Tensor], u: list[Tensor] | None, cache: dict) -> Tensor:
+        """Row ``prefix`` of the role's :meth:`_sums` (one reduction launch per tensor serves every prefix,
+        the absolute-value twins ``adot``/``ausum``/``across`` of the round-off floor included)."""
+        if role not in cache:
+            cache[role] = self._sums(role, theta, u)
+        return cache[role][_ROW[prefix]]
 
     def _run(self, which: str, stats: dict[str, Tensor], names: Sequence[str], outputs: int, *extra,
              **meta) -> list[Tensor]:

@@ -86,7 +86,11 @@ class BoundFamily:
 
     # ---------------------------------------------------------------- statistics
     def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """The generated formulas' named per-unit statistics ``(units,)``: plane-frame entries,
+        ``n_R`` (entries per unit over all tensors of role ``R``), ``mean_R = sum_R / n_R`` and the
+        sums of :meth:`_role_sum`."""
         out: dict[str, Tensor] = {}
+        cache: dict = {}
         for name in names:
             entry = self._entry(name, theta)
             if entry is not None:
@@ -94,34 +98,41 @@ class BoundFamily:
                 continue
             prefix, role = name.split("_", 1)
             s, idx = self.family.slice(role), self.roles[role]
-            total = None
-            for i in idx:
-                t = theta[i]
-                if prefix == "sq":
-                    v = _pair_sum(t * t) if self.kind == "plane" else _reduce(t * t, s.axis)
-                elif prefix in ("mean", "n"):
-                    v = (_reduce(t, s.axis) if prefix == "mean" else
-                         t.new_full((_units(t, s.axis),), float(_slice_len(t, s.axis))))
-                elif prefix == "dot":
-                    v = _reduce(t * u[i], s.axis)
-                elif prefix == "usum":
-                    v = _reduce(u[i], s.axis)
-                elif prefix == "cross":
-                    a0, a1 = _pairs(t)
-                    b0, b1 = _pairs(u[i])
-                    v = (a0 * b1 - a1 * b0).sum(1)
-                else:  # pragma: no cover - generated names are fixed
-                    raise KeyError(name)
-                total = v if total is None else total + v
-            out[name] = total
-        if any(n.startswith("mean_") for n in names):  # mean = Σ / n over all tensors of the role
-            for name in names:
-                if name.startswith("mean_"):
-                    role = name[5:]
-                    s = self.family.slice(role)
-                    n = sum(_slice_len(theta[i], s.axis) for i in self.roles[role])
-                    out[name] = out[name] / n
+            if prefix in ("n", "mean"):
+                n = sum(_slice_len(theta[i], s.axis) for i in idx)
+                if prefix == "n":
+                    t = theta[idx[0]]
+                    out[name] = t.new_full((_units(t, s.axis),), float(n))
+                else:
+                    out[name] = self._role_sum("sum", role, theta, u, cache) / n
+            else:
+                out[name] = self._role_sum(prefix, role, theta, u, cache)
         return out
+
+    def _role_sum(self, prefix: str, role: str, theta: list[Tensor], u: list[Tensor] | None, cache: dict) -> Tensor:
+        """Per-unit ``Σ`` over the slices of every tensor of ``role`` of ``θ²`` (``sq``; planes: both
+        rows), ``θ`` (``sum``), ``θu`` (``dot``), ``u`` (``usum``) or ``θ₀u₁ − θ₁u₀`` (``cross``),
+        ``(units,)``. The hook the kernel path overrides (``cache``: per :meth:`_stats` call)."""
+        s = self.family.slice(role)
+        total = None
+        for i in self.roles[role]:
+            t = theta[i]
+            if prefix == "sq":
+                v = _pair_sum(t * t) if self.kind == "plane" else _reduce(t * t, s.axis)
+            elif prefix == "sum":
+                v = _reduce(t, s.axis)
+            elif prefix == "dot":
+                v = _reduce(t * u[i], s.axis)
+            elif prefix == "usum":
+                v = _reduce(u[i], s.axis)
+            elif prefix == "cross":
+                a0, a1 = _pairs(t)
+                b0, b1 = _pairs(u[i])
+                v = (a0 * b1 - a1 * b0).sum(1)
+            else:  # pragma: no cover - generated names are fixed
+                raise KeyError(f"{prefix}_{role}")
+            total = v if total is None else total + v
+        return total
 
     def _entry(self, name: str, theta: list[Tensor]) -> Tensor | None:
         """The plane-frame statistic ``R_r{0,1}_c{J}`` (see :meth:`_anchor_entries`); ``None`` for a sum."""
