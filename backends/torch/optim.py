@@ -1,9 +1,12 @@
 """``DDCAdam``: AdamW lifted to a gauge-equivariant optimizer (``../shared/spec/ddc.md`` §3).
 
-One step on the gauge-bound tensors, all in the work dtype (fp32 for bf16 parameters):
+One step on the gauge-bound tensors, all in the canonical dtype (``canonical_dtype``, fp64 by
+default; Adam moments in the parameter dtype, fp32 for bf16 parameters):
 
 1. ``θ̃ = h(θ)·θ`` and ``g̃ = D(h)^{-T} g``, family by family in binding order (the composed
-   canonical frame proved in ``proofs/transformer_block.md``).
+   canonical frame proved in ``proofs/transformer_block.md``); in eager mode on the reference
+   path, families repeated over layers run as one batch (:mod:`.batching`: the order of families
+   that share a tensor is kept, so the frame is the same).
 2. ``Γ`` at ``θ̃`` is factored once; ``c_g = Γ⁻¹Xᵀg̃``, ``g̃_H = g̃ − X c_g``. A vertical
    coordinate ``(Xᵀg̃)_k`` below its noise floor (``vertical_rtol``) is set to exactly zero: for a
    gauge-invariant loss it *is* zero, and subtracting round-off ``X c`` would put noise on
