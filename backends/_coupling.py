@@ -55,10 +55,48 @@ def _orthogonal(fa, ax: str, fb, ay: str, a: int, b: int) -> bool:
     return False
 
 
-class Coupling:
-    """Components of coupled families for a list of bound families (any backend)."""
+def _check_aliases(families, names: list[str], bases: list[int]) -> None:
+    """Families on different entries of one parameter (a row view and the whole, or two row views).
 
-    def __init__(self, families, names: list[str]):
+    Two row views of one parameter are disjoint row ranges: families acting on their rows have
+    disjoint supports. A column rescale of the whole parameter and a rotation of a row view's rows
+    are orthogonal as on one tensor (``Θ[:, i]ᵀAΘ[:, i] = 0`` over the view's rows). Anything else
+    across entries is refused: the projector would not see the overlap.
+    """
+    by_base: dict[int, list[tuple[int, int, str, str]]] = {}
+    for f, fam in enumerate(families):
+        for s, i in fam.members():
+            axis = "rows" if fam.kind in ("plane", "head") else s.axis
+            by_base.setdefault(bases[i], []).append((f, i, fam.kind, axis))
+    for base, uses in by_base.items():
+        for x in range(len(uses)):
+            for y in range(x + 1, len(uses)):
+                (f, i, kf, af), (g, j, kg, ag) = uses[x], uses[y]
+                if i == j or f == g:
+                    continue
+                whole_vs_view = {(i == base), (j == base)} == {True, False}
+                if not whole_vs_view and af == ag == "rows":
+                    continue  # disjoint row views
+                pair = {(kf, af, i == base), (kg, ag, j == base)}
+                if whole_vs_view and any(k == "scale" and a == "cols" and whole for k, a, whole in pair) and \
+                        any(k in ("plane", "head") and not whole for k, a, whole in pair):
+                    continue
+                raise GaugeError(families[g].family.gauge, names[j],
+                                 f"'{families[f].name}' acts on {names[i]} ({af}) and '{families[g].name}' on "
+                                 f"{names[j]} ({ag}), two parts of one parameter: their joint projector is not "
+                                 "supported")
+
+
+class Coupling:
+    """Components of coupled families for a list of bound families (any backend).
+
+    ``bases[i]``: the parameter entry ``i`` belongs to (row views of a parameter, see
+    :class:`~gaugemath.backends._spec.Layout`); default: every entry is its own parameter.
+    """
+
+    def __init__(self, families, names: list[str], bases: list[int] | None = None):
+        if bases is not None:
+            _check_aliases(families, names, bases)
         owners: dict[int, list[tuple[int, str]]] = {}
         for f, fam in enumerate(families):
             for s, i in fam.members():

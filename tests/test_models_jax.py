@@ -209,7 +209,7 @@ def test_mlp_matches_torch():
 def test_gauge_specs_equal_torch_detect(norm, mlp, rope):
     model = tiny_gpt(norm=norm, mlp=mlp, rope=rope)
     specs = gpt_gauge_specs(gpt_config_of(model))
-    assert specs == detect(model)
+    assert sorted(specs, key=str) == sorted(detect(model), key=str)  # detect: canonicalisation order
     from gaugemath.backends import jax as gj
 
     shapes = jax.eval_shape(lambda k: init_gpt(k, gpt_config_of(model)), jax.random.key(0))

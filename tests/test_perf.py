@@ -55,11 +55,18 @@ def _compiled_vs_eager(make, backend: str, steps: int, scheduled: bool = False,
 
 
 def test_compiled_step_is_traced_once_and_equals_eager():
-    """Dynamo's tracing alone (``backend="eager"``): four steps, one compilation, same parameters
-    to 1e-7 (the tensor bias corrections are float64, as the eager Python floats)."""
+    """Dynamo's tracing alone (``backend="eager"``): four steps, one compilation, the same parameters
+    up to fp32 rounding.
+
+    Tolerance, derived: the traced step computes the bias corrections ``1 − βᵗ`` as float64 tensor
+    operations instead of Python floats (equal to an ulp of fp64), and the fp32 results of the
+    ``t``-th step may then round differently by one fp32 ulp in each coordinate of ``θ`` and of the
+    step, so after ``T`` steps ``‖θ_c − θ_e‖ ≤ Σ_t ε₃₂ (‖θ_t‖ + ‖Δθ_t‖) ≤ 2 T ε₃₂ ‖θ‖``
+    (``‖Δθ‖ ≤ ‖θ‖`` here: lr 1e-2). Measured 1.1e-7 after 4 steps on one CPU, 0 on another."""
+    steps = 4
     dev = _compiled_vs_eager(lambda m, lr: DDCAdam(m.parameters(), binding=bind(m), lr=lr, vertical="adam"),
-                             "eager", 4)
-    assert max(dev) < 1e-7, dev
+                             "eager", steps)
+    assert max(dev) <= 2 * steps * torch.finfo(torch.float32).eps, dev
 
 
 @pytest.mark.parametrize("cls", [DDCAdam, DDCMuon])

@@ -87,7 +87,7 @@ def _theta(num: NumericGauge, seed: int, separated: bool) -> dict[str, np.ndarra
 
 def _bound(num, specs, values):
     model = Blocks(values)
-    binding = bind(model, specs)
+    binding = bind(model, specs, check=False)  # catalogue blocks: no forward pass
     tensors = {n: p for n, p in binding.params}
     return model, binding, tensors
 
@@ -292,8 +292,14 @@ def test_update_is_horizontal_at_the_canonical_point():
 
 # ------------------------------------------------------------------------------ bad input
 def test_tied_head_is_refused_for_the_shift_gauge():
-    with pytest.raises(GaugeError, match="gauge 'ce_shift', block 'head.weight'.*tied"):
-        bind(tiny_gpt(tie_embeddings=True))
+    binding = bind(tiny_gpt(tie_embeddings=True))
+    assert not any(f.family.gauge == "ce_shift" for f in binding.families)
+    assert not any(f.name.startswith("ln_f") for f in binding.families)  # its consumer is the tied head
+    reasons = [str(r) for r in binding.refusals]
+    assert any(r.startswith("ce_shift refused") and "tied to head.weight" in r for r in reasons), reasons
+    assert any(r.startswith("norm_scale refused on ln_f.weight") and "tied" in r for r in reasons), reasons
+    with pytest.raises(GaugeError, match="gauge 'ce_shift'.*not a symmetry of this model"):
+        bind(tiny_gpt(tie_embeddings=True), [GaugeSpec("ce_shift", {"W": "head.weight", "b": "head.bias"})])
 
 
 class PostNorm(nn.Module):
@@ -310,30 +316,38 @@ class PostNorm(nn.Module):
 def test_norm_feeding_a_residual_is_refused():
     model = PostNorm()
     spec = GaugeSpec("norm_scale.layernorm", {"gain": "norm.weight", "bias": "norm.bias", "W": "fc.weight"})
-    bind(model, [spec])  # structure alone cannot see the residual
-    with pytest.raises(GaugeError, match="gauge 'norm_scale', block 'norm.weight'.*residual"):
+    with pytest.raises(GaugeError, match="gauge 'bind'.*explicit specs are checked"):
+        bind(model, [spec])  # nothing to check it on: refused, not bound unchecked
+    with pytest.raises(GaugeError, match="gauge 'norm_scale', block 'norm: gain|norm_scale.layernorm'.*loss changes"):
         bind(model, [spec], example=torch.randn(3, 4))
+    found = bind(model, example=torch.randn(3, 4))
+    assert not found.families
+    assert any("residual" in r.reason and r.where == "norm.weight" for r in found.refusals), found.refusals
     ok = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 2))
     bind(ok, [GaugeSpec("norm_scale.layernorm", {"gain": "0.weight", "bias": "0.bias", "W": "1.weight"})],
          example=torch.randn(3, 4))
 
 
-def test_reference_models_pass_the_dataflow_check():
+def test_reference_models_pass_the_model_check():
     model = tiny_gpt(norm="layernorm", mlp="relu")
-    bind(model, example=torch.randint(0, 11, (2, 5)))
+    binding = bind(model, example=torch.randint(0, 11, (2, 5)))
+    assert len(binding.families) == 11 and binding.checked.startswith("fp64")
 
 
 def test_head_dimension_that_does_not_split_and_shape_disagreements():
     model = nn.ModuleDict({"q": nn.Linear(4, 6, bias=False), "k": nn.Linear(4, 6, bias=False)})
     with pytest.raises(GaugeError, match="do not split into heads of d_head=4"):
-        bind(model, [GaugeSpec("head_rotation.norope", {"W_Q": "q.weight", "W_K": "k.weight"}, d_head=4)])
+        bind(model, [GaugeSpec("head_rotation.norope", {"W_Q": "q.weight", "W_K": "k.weight"}, d_head=4)],
+             check=False)
     mlp = nn.ModuleDict({"a": nn.Linear(3, 5), "b": nn.Linear(4, 2)})
     with pytest.raises(GaugeError, match="roles disagree on the number of units"):
-        bind(mlp, [GaugeSpec("relu_rescale.balance", {"W_in": "a.weight", "b_in": "a.bias", "W_out": "b.weight"})])
+        bind(mlp, [GaugeSpec("relu_rescale.balance", {"W_in": "a.weight", "b_in": "a.bias", "W_out": "b.weight"})],
+             check=False)
     with pytest.raises(GaugeError, match="no such parameter"):
-        bind(mlp, [GaugeSpec("relu_rescale.balance", {"W_in": "x.weight", "b_in": "a.bias", "W_out": "b.weight"})])
+        bind(mlp, [GaugeSpec("relu_rescale.balance", {"W_in": "x.weight", "b_in": "a.bias", "W_out": "b.weight"})],
+             check=False)
     with pytest.raises(GaugeError, match="unknown gauge family"):
-        bind(mlp, [GaugeSpec("relu_rescale.nope", {})])
+        bind(mlp, [GaugeSpec("relu_rescale.nope", {})], check=False)
 
 
 def test_balance_frame_on_a_shared_matrix_is_refused():
@@ -342,7 +356,8 @@ def test_balance_frame_on_a_shared_matrix_is_refused():
 
     specs = [GaugeSpec("swiglu_rescale.balance", s.roles, s.name) if s.family.startswith("swiglu") else s
              for s in detect(model)]
-    with pytest.raises(GaugeError, match="balance frame is not invariant"):
+    with pytest.raises(GaugeError, match="composite frame of norm_scale.rmsnorm .cols. and swiglu_rescale.balance "
+                                         ".rows. on one tensor is not proved"):
         bind(model, specs)
 
 
@@ -386,7 +401,7 @@ def test_degenerate_orbit_is_reported():
         model.fc_in.bias[1] = 0.0
     opt = DDCAdam(model.parameters(), binding=bind(model))
     model(torch.randn(5, 3, dtype=torch.float64)).sum().backward()
-    with pytest.raises(GaugeError, match="gauge 'relu_rescale', block 'mlp'.*degenerate orbit at unit 1"):
+    with pytest.raises(GaugeError, match="gauge 'relu_rescale', block 'fc_in→fc_out'.*degenerate orbit at unit 1"):
         opt.step()
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import jax
 
+from gaugemath.errors import GaugeError
+
 from .._spec import GaugeSpec, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import JaxFamily
@@ -57,7 +59,10 @@ def bind(params, specs: Sequence[GaugeSpec]) -> JaxBinding:
     """Bind the leaves of ``params`` named in ``specs`` (errors name the leaf path and gauge)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
-    order, resolved = resolve(specs, shapes, FAMILIES, what="leaf")
+    order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
+    if not layout.plain:
+        raise GaugeError("bind", ", ".join(order), "the JAX binder takes leaves as stored (no transposed or "
+                         "row-selected TensorView yet)")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
     check_balance_frames(fams)
     return JaxBinding(tuple(order), fams)

@@ -1,202 +1,456 @@
-"""Bind a model's parameters to gauges: ``bind(model)`` detects, ``bind(model, specs)`` is explicit.
+"""Bind a model's parameters to gauges: found from the computation, checked on the model itself.
 
-Detection covers the reference models of :mod:`gaugemath.models` and the standard layers they
-are made of: ``nn.LayerNorm``/``nn.RMSNorm`` gains against the ``nn.Linear`` layers that read
-them, ReLU MLPs (``fc_in``/``fc_out``), SwiGLU MLPs (``gate``/``up``/``down``), attention with
-``q``/``k`` projections (RoPE: per-plane SO(2); no RoPE: O(d_head) per head) and a CE head with
-a bias. Families are ordered as the composed canonical frame was proved
-(``proofs/transformer_block.md``): norm gains, rotations, unit rescales, the CE shift.
+``bind(model, example=...)`` traces one forward pass (:mod:`gaugemath.structure.torch_trace`),
+finds the orbit families in the graph (:mod:`gaugemath.structure.detect`: from the operations,
+never from names or classes), keeps only compositions whose composite frame is proved
+(:data:`PROVED_OVERLAPS`), and checks every family on the model (:mod:`.check`): a random group
+element applied to an fp64 copy must leave the loss unchanged, the loss gradient must be
+orthogonal to the orbit, and the composite canonical point must be the same at ``θ`` and ``g·θ``.
+What fails any step is not bound; the :class:`Binding` lists it with the reason.
 
-Unsound cases are refused with a :class:`~gaugemath.GaugeError` naming gauge and parameter:
-a head tied to the embedding (shift gauge), a norm whose output also feeds anything but its
-consumers (a residual; checked on the autograd graph of an ``example`` forward pass), a head
-dimension that does not split, biases on rotated projections, shapes that disagree.
+``bind(model, specs, example=...)`` binds explicit :class:`GaugeSpec` s through the same checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gaugemath.errors import GaugeError
+from gaugemath.structure.detect import Proposal, Refusal
 
-from .._spec import GaugeSpec, check_balance_frames, resolve
+from .._spec import GaugeSpec, Layout, TensorView, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import BoundFamily
+
+__all__ = ["Binding", "GaugeSpec", "TensorView", "bind", "detect"]
 
 
 @dataclass
 class Binding:
-    """Bound parameters (``(name, tensor)``, in binding order) and the orbit families on them."""
+    """Bound parameters (``(name, tensor)``, in binding order), the orbit families on them, how the
+    optimizer lays them out (:class:`~gaugemath.backends._spec.Layout`: family roles index its
+    entries), the families refused with their reasons, and what was checked."""
 
-    params: list[tuple[str, torch.Tensor]]
+    params: list[tuple[str, Tensor]]
     families: list[BoundFamily] = field(default_factory=list)
+    layout: Layout | None = None
+    refusals: list[Refusal] = field(default_factory=list)
+    model_numel: int = 0
+    checked: str = ""
 
-    def gauge_of(self, p: torch.Tensor) -> str:
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            n = len(self.params)
+            self.layout = Layout((False,) * n, (None,) * n, ())
+
+    # ------------------------------------------------------------- layout
+    def entry_names(self) -> list[str]:
+        """A display name per entry (parameters, then row views)."""
+        names = [n for n, _ in self.params]
+        for i, start, stop in self.layout.views:
+            names.append(f"{names[i]}[rows {start}:{stop}]")
+        return names
+
+    def to_work(self, tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor]:
+        """Copies of per-parameter tensors (stored layout) in the work layout (:func:`work_copies`)."""
+        return work_copies(self.layout, tensors, dtype)
+
+    def from_work(self, index: int, w: Tensor) -> Tensor:
+        """Parameter ``index``'s work-layout tensor ``w`` in its stored layout (:func:`stored`)."""
+        return stored(self.layout, index, w)
+
+    def entries(self, work: list[Tensor]) -> list[Tensor]:
+        """Work-layout tensors plus the row views of the layout (:func:`entries`)."""
+        return entries(self.layout, work)
+
+    # ------------------------------------------------------------- group action
+    def random_element(self, gen: torch.Generator, dtype: torch.dtype, spread: float = 1.5) -> list:
+        """A random group element, one entry per family (:func:`gaugemath.verify.random_element`)."""
+        from gaugemath.verify import random_element
+
+        return random_element(self, gen, dtype, spread)
+
+    def act(self, g: list, tensors: Sequence[Tensor], covector: bool = False,
+            only: Sequence[int] | None = None) -> None:
+        """In place on per-parameter tensors (stored layout): ``t ← g·t`` (``covector``: ``D(g)^{-T} t``,
+        the gradient's rule); ``only``: the families to apply (default all)."""
+        work = self.to_work(tensors)
+        ents = self.entries(work)
+        for f, (fam, h) in enumerate(zip(self.families, g)):
+            if only is None or f in only:
+                fam.act(h, ents, covector=covector)
+        with torch.no_grad():
+            for i, t in enumerate(tensors):
+                t.copy_(self.from_work(i, work[i]))
+
+    # ------------------------------------------------------------- report
+    def gauge_of(self, p: Tensor) -> str:
         idx = next((i for i, (_, q) in enumerate(self.params) if q is p), None)
-        gauges = [f.family.gauge for f in self.families if any(i == idx for _, i in f.members())]
+        gauges = [f.family.gauge for f in self.families if any(self.layout.base(i) == idx for _, i in f.members())]
         return ",".join(dict.fromkeys(gauges)) or "none"
 
+    def bound_numel(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
     def __str__(self) -> str:
+        names = self.entry_names()
         lines = [f"Binding: {len(self.families)} orbit families on {len(self.params)} parameters"]
+        if self.model_numel:
+            lines[0] += (f" ({self.bound_numel():,} of {self.model_numel:,} parameter entries, "
+                         f"{self.bound_numel() / self.model_numel:.1%})")
         for f in self.families:
-            roles = "; ".join(f"{r}: " + ", ".join(self.params[i][0] for i in idx) for r, idx in f.roles.items())
+            roles = "; ".join(f"{r}: " + ", ".join(names[i] for i in idx) for r, idx in f.roles.items())
             lines.append(f"  {f.name:32s} {f.family.key:24s} {f.units:5d} units  [{roles}]")
+        if self.checked:
+            lines.append(f"  checked: {self.checked}")
+        for r in self.refusals:
+            lines.append(f"  refused: {r}")
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
-def _build(model: nn.Module, specs: Sequence[GaugeSpec]) -> Binding:
-    named = dict(model.named_parameters(remove_duplicate=False))
-    order, resolved = resolve(specs, {n: tuple(p.shape) for n, p in named.items()}, FAMILIES)
+# ----------------------------------------------------------------------- layouts
+def work_copies(layout: Layout, tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor]:
+    """Copies of per-parameter tensors (stored layout) in the work layout: transposed where the
+    layout says, rows permuted by its permutation; contiguous, in ``dtype`` (default: as given)."""
+    out = []
+    for t, tr, perm in zip(tensors, layout.transpose, layout.perms):
+        w = t.detach()
+        if not (tr or perm is not None):
+            out.append(w.to(dtype or w.dtype, copy=True))
+            continue
+        w = w.T if tr else w
+        w = w[torch.tensor(perm, device=w.device)] if perm is not None else w
+        out.append(w.to(dtype or w.dtype).contiguous())
+    return out
+
+
+def stored(layout: Layout, index: int, w: Tensor) -> Tensor:
+    """Parameter ``index``'s work-layout tensor ``w`` back in its stored layout (a view or a gather)."""
+    perm = layout.perms[index]
+    if perm is not None:
+        inv = torch.empty(len(perm), dtype=torch.long, device=w.device)
+        inv[torch.tensor(perm, device=w.device)] = torch.arange(len(perm), device=w.device)
+        w = w[inv]
+    return w.T if layout.transpose[index] else w
+
+
+def entries(layout: Layout, work: Sequence[Tensor]) -> list[Tensor]:
+    """Work-layout tensors, then the row views of the layout (views: families acting on them act on
+    the parameter's work tensor)."""
+    return list(work) + [work[i][start:stop] for i, start, stop in layout.views]
+
+
+def restrict(layout: Layout, params: Sequence[int]) -> tuple[Layout, dict[int, int]]:
+    """The layout of a subset of the parameters (one param group) and the map of entry indices."""
+    local = {g: k for k, g in enumerate(params)}
+    n = len(layout.transpose)
+    views = [(j, v) for j, v in enumerate(layout.views) if v[0] in local]
+    entry_map = dict(local)
+    for k, (j, _) in enumerate(views):
+        entry_map[n + j] = len(params) + k
+    sub = Layout(tuple(layout.transpose[i] for i in params), tuple(layout.perms[i] for i in params),
+                 tuple((local[v[0]], v[1], v[2]) for _, v in views))
+    return sub, entry_map
+
+
+# ----------------------------------------------------------------------- building
+def _named(model: nn.Module) -> dict[str, Tensor]:
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def _build(model: nn.Module, specs: Sequence[GaugeSpec], prefix: str = "") -> Binding:
+    named = _named(model)
+    order, resolved, layout = resolve(specs, {n: tuple(p.shape) for n, p in named.items()}, FAMILIES)
     fams = [BoundFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved]
-    params = [(n, named[n]) for n in order]
-    seen = {}
+    params = [(prefix + n, named[n]) for n in order]
+    seen: dict[int, str] = {}
     for n, p in params:
         if id(p) in seen:
             raise GaugeError(",".join({f.family.gauge for f in fams}), n,
                              f"is the same tensor as {seen[id(p)]} (tied weights break the gauge)")
         seen[id(p)] = n
-    return Binding(params, fams)
+    return Binding(params, fams, layout, model_numel=sum(p.numel() for p in model.parameters()))
 
 
-def _tied(model: nn.Module, p: torch.Tensor, name: str) -> str | None:
-    for n, q in model.named_parameters(remove_duplicate=False):
-        if q is p and n != name:
-            return n
+#: Overlaps of two families on one parameter whose composite frame is proved (``proofs/transformer_block.md``):
+#: (family key prefix, axis) pairs, the first canonicalised first (:data:`~gaugemath.backends._spec.ORDER`).
+PROVED_OVERLAPS = (
+    (("norm_scale", "cols"), ("head_rotation", "rows")),
+    (("norm_scale", "cols"), ("relu_rescale.anchor", "rows")),
+    (("norm_scale", "cols"), ("swiglu_rescale.anchor", "rows")),
+    (("norm_scale", "cols"), ("ce_shift", "cols")),
+)
+
+
+def _axes(spec: GaugeSpec, key: str) -> dict[str, str]:
+    """parameter → axis the family acts on (``rows``/``cols``/``all``)."""
+    fam = FAMILIES[key]
+    out = {}
+    for s in fam.slices:
+        given = spec.roles.get(s.role)
+        for v in [] if given is None else [given] if isinstance(given, (str, TensorView)) else given:
+            name = v.param if isinstance(v, TensorView) else v
+            out[name] = "rows" if fam.kind in ("plane", "head") else s.axis
+    return out
+
+
+def spec_of_family(name: str, specs: Sequence[GaugeSpec]) -> GaugeSpec:
+    """The spec a bound family came from (families are named ``spec.name``, or their key)."""
+    return next(s for s in specs if name == s.name or (not s.name and name in _keys(s)))
+
+
+def _keys(spec: GaugeSpec) -> list[str]:
+    if spec.family == "ce_shift":
+        return ["ce_shift.W"] + (["ce_shift.b"] if "b" in spec.roles else [])
+    return [spec.family]
+
+
+def _proved(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    return any(a[0].startswith(x[0]) and a[1] == x[1] and b[0].startswith(y[0]) and b[1] == y[1]
+               or b[0].startswith(x[0]) and b[1] == x[1] and a[0].startswith(y[0]) and a[1] == y[1]
+               for x, y in PROVED_OVERLAPS)
+
+
+def compose(specs: Sequence[GaugeSpec], frames: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
+    """Keep the specs whose overlaps with the specs kept before them are proved compositions.
+
+    Taken in canonicalisation order (:data:`ORDER`, then as given); a spec whose parameter another
+    kept spec acts on, in a pattern not in :data:`PROVED_OVERLAPS`, is refused with both named.
+    ``frames``: a unit rescale that overlaps nothing is given the balance frame (the anchor frame
+    otherwise); explicit specs keep the frame they name.
+    """
+    from .._spec import ORDER
+
+    unknown = [s for s in specs if any(k not in FAMILIES for k in _keys(s))]
+    if unknown:
+        return list(specs), []  # resolve() names the unknown family
+    ranked = sorted(specs, key=lambda s: ORDER.index(FAMILIES[_keys(s)[0]].gauge))
+    kept: list[tuple[GaugeSpec, dict[str, str]]] = []
+    refusals: list[Refusal] = []
+    for spec in ranked:
+        axes = _axes(spec, _keys(spec)[0])
+        for k in _keys(spec)[1:]:
+            axes.update(_axes(spec, k))
+        clash = None
+        for other, oaxes in kept:
+            for name in set(axes) & set(oaxes):
+                if not _proved((other.family, oaxes[name]), (spec.family, axes[name])):
+                    clash = (other, name)
+                    break
+            if clash:
+                break
+        if clash:
+            other, name = clash
+            refusals.append(Refusal(FAMILIES[_keys(spec)[0]].gauge, spec.name,
+                                    f"{name} is also acted on by {other.name} ({other.family}); the composite frame "
+                                    f"of {other.family} ({oaxes_of(other, name)}) and {spec.family} "
+                                    f"({axes[name]}) on one tensor is not proved"))
+            continue
+        kept.append((spec, axes))
+    out = []
+    for spec, axes in kept:
+        unit = spec.family.split(".")[0] in ("relu_rescale", "swiglu_rescale")
+        if frames and unit and spec.family.endswith(".anchor"):
+            if not any(o is not spec and set(axes) & set(oa) for o, oa in kept):
+                spec = replace(spec, family=spec.family.replace(".anchor", ".balance"))
+        out.append(spec)
+    return out, refusals
+
+
+def oaxes_of(spec: GaugeSpec, name: str) -> str:
+    return _axes(spec, _keys(spec)[0]).get(name, "?")
+
+
+def _spec_of(p: Proposal) -> GaugeSpec:
+    """The proposal as a :class:`GaugeSpec`: a view that is a whole stored parameter is its name; a
+    norm's consumers are a list, other single-tensor roles a name (the explicit specs' convention)."""
+
+    def simple(role: str, vs: list[TensorView]):
+        out = [v.param if v.rows is None and not v.transpose else v for v in vs]
+        return out if len(out) > 1 or (role == "W" and p.kind.startswith("norm_scale")) else out[0]
+
+    roles: dict[str, Any] = {r: simple(r, vs) for r, vs in p.roles.items()}
+    if p.kind == "unit_rescale":
+        if "b_in" in roles:
+            return GaugeSpec("relu_rescale.anchor", roles, name=p.name)
+        return GaugeSpec("swiglu_rescale.anchor", {"W_up": roles["W_in"], "W_down": roles["W_out"]}, name=p.name)
+    name = f"{p.name}: gain" if p.kind.startswith("norm_scale") else p.name
+    return GaugeSpec(p.kind, roles, name=name, d_head=p.d_head)
+
+
+# ----------------------------------------------------------------------- wrappers, targets
+def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that computes (``torch.compile``'s ``_orig_mod``, DDP/FSDP/DataParallel ``.module``)
+    and the prefix its parameter names have in the wrapper."""
+    prefix = ""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model, prefix = inner, prefix + "_orig_mod."
+            continue
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or \
+                type(model).__name__ in ("FullyShardedDataParallel",):
+            model, prefix = model.module, prefix + "module."
+            continue
+        return model, prefix
+
+
+def target_of(loss: str | Callable | None) -> Callable[[Any], Any]:
+    """What must not change: ``loss(output)`` for a callable; for ``"cross_entropy"`` the
+    log-softmax of the logits (the output, or its ``.logits``); for ``None`` the output's ``loss``
+    when it has one (Hugging Face models given labels), else every tensor of the output."""
+    if callable(loss):
+        return loss
+    if loss == "cross_entropy":
+        return lambda out: torch.log_softmax(_logits(out), dim=-1)
+    if loss is not None:
+        raise ValueError(f"loss={loss!r}: pass None, 'cross_entropy' or a callable output -> tensor")
+
+    def default(out):
+        found = _field(out, "loss")
+        if isinstance(found, Tensor):
+            return found
+        return tuple(t for t in torch.utils._pytree.tree_leaves(_plain(out)) if isinstance(t, Tensor))
+
+    return default
+
+
+def _field(out, key: str):
+    if isinstance(out, Mapping):
+        return out.get(key)
+    return getattr(out, key, None)
+
+
+def _logits(out) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    found = _field(out, "logits")
+    if isinstance(found, Tensor):
+        return found
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise GaugeError("ce_shift", type(out).__name__, "loss='cross_entropy' needs logits: the output or its .logits")
+
+
+def _plain(out):
+    """Model outputs as plain containers (HF ``ModelOutput`` → dict; caches and other objects dropped)."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        return {k: _plain(v) for k, v in out.items() if v is not None}
+    if isinstance(out, (tuple, list)):
+        return [_plain(v) for v in out]
     return None
 
 
-def detect(model: nn.Module) -> list[GaugeSpec]:
-    """Gauge specs for the reference architectures (see the module docstring)."""
-    from gaugemath.models import torch_models as tm
-
-    specs: list[GaugeSpec] = []
-    names = {m: n for n, m in model.named_modules()}
-
-    def pname(mod: nn.Module, attr: str) -> str:
-        return f"{names[mod]}.{attr}" if names[mod] else attr
-
-    def norm_spec(norm: nn.Module, consumers: list[nn.Linear], label: str) -> None:
-        if getattr(norm, "weight", None) is None:
-            return
-        roles = {"gain": pname(norm, "weight"), "W": [pname(c, "weight") for c in consumers]}
-        bias = getattr(norm, "bias", None)
-        kind = "norm_scale.layernorm" if bias is not None else "norm_scale.rmsnorm"
-        if bias is not None:
-            roles["bias"] = pname(norm, "bias")
-        specs.append(GaugeSpec(kind, roles, name=f"{label}: gain"))
-
-    for mod in model.modules():
-        if isinstance(mod, tm.Block):
-            label = names[mod]
-            attn, mlp = mod.attn, mod.mlp
-            if attn.q.bias is not None or attn.k.bias is not None:
-                raise GaugeError("head_rotation", pname(attn.q, "bias"), "biased q/k projections are not supported")
-            norm_spec(mod.ln1, [attn.q, attn.k, attn.v], f"{label}.ln1")
-            consumers = [mlp.gate, mlp.up] if isinstance(mlp, tm.SwiGLU) else [mlp.fc_in]
-            norm_spec(mod.ln2, consumers, f"{label}.ln2")
-            if attn.rope:
-                if attn.d_head % 2:
-                    raise GaugeError("head_rotation", pname(attn.q, "weight"), f"d_head={attn.d_head} is odd")
-                specs.append(GaugeSpec("head_rotation.rope", {"W_Q": pname(attn.q, "weight"),
-                                                              "W_K": pname(attn.k, "weight")}, name=f"{label}.attn"))
-            else:
-                specs.append(GaugeSpec("head_rotation.norope", {"W_Q": pname(attn.q, "weight"),
-                                                                "W_K": pname(attn.k, "weight")},
-                                       name=f"{label}.attn", d_head=attn.d_head))
-            if isinstance(mlp, tm.SwiGLU):
-                specs.append(GaugeSpec("swiglu_rescale.anchor", {"W_up": pname(mlp.up, "weight"),
-                                                                 "W_down": pname(mlp.down, "weight")},
-                                       name=f"{label}.mlp"))
-            else:
-                specs.append(GaugeSpec("relu_rescale.anchor", {"W_in": pname(mlp.fc_in, "weight"),
-                                                               "b_in": pname(mlp.fc_in, "bias"),
-                                                               "W_out": pname(mlp.fc_out, "weight")},
-                                       name=f"{label}.mlp"))
-        elif isinstance(mod, tm.MLP) and mod is model:
-            specs.append(GaugeSpec("relu_rescale.balance", {"W_in": "fc_in.weight", "b_in": "fc_in.bias",
-                                                            "W_out": "fc_out.weight"}, name="mlp"))
-    if isinstance(model, (tm.GPT, tm.ViT)):
-        norm_spec(model.ln_f, [model.head], "ln_f")
-        tied = _tied(model, model.head.weight, "head.weight")
-        if tied:
-            raise GaugeError("ce_shift", "head.weight", f"is tied to {tied}: the logit shift W → W + 1vᵀ would move "
-                             "the embedding too; untie the head or bind without ce_shift (explicit specs)")
-        if model.head.bias is None:
-            raise GaugeError("ce_shift", "head.bias", "the CE head needs a bias for the shift gauge")
-        specs.append(GaugeSpec("ce_shift", {"W": "head.weight", "b": "head.bias"}, name="head"))
-    if not specs:
-        raise GaugeError("bind", type(model).__name__, "no gauge detected; pass explicit GaugeSpec(...) bindings")
-    return specs
+def _example(model: nn.Module, example) -> tuple[tuple, dict]:
+    if example is None:
+        make = getattr(model, "example_inputs", None)
+        if make is None:
+            raise GaugeError("bind", type(model).__name__, "bind needs example inputs to trace the model: "
+                             "bind(model, example=(x,)) or example={'input_ids': ..., 'labels': ...}")
+        example = make()
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    if isinstance(example, Tensor):
+        return (example,), {}
+    return tuple(example), {}
 
 
-def check_norm_dataflow(model: nn.Module, binding: Binding, example) -> None:
-    """Refuse a norm gain binding whose normalised output feeds anything but its bound consumers.
+# ----------------------------------------------------------------------- public
+def detect(model: nn.Module, example=None, *, loss: str | Callable | None = None) -> list[GaugeSpec]:
+    """The gauge specs the graph of one forward pass supports, in proved compositions (not yet
+    checked on the model: :func:`bind` does that), e.g. for the JAX binder of the same model."""
+    from gaugemath.structure.detect import detect as detect_graph
+    from gaugemath.structure.torch_trace import trace
 
-    One forward pass on ``example``: hooks record each bound norm's output and each consumer's
-    input; on the autograd graph, the number of operations reading the norm output must equal
-    the number of consumers (a residual branch is one more).
+    inner, _ = _unwrap(model)
+    args, kwargs = _example(inner, example)
+    graph = trace(inner, args, kwargs, target_of(_loss(inner, loss)))
+    return compose([_spec_of(p) for p in detect_graph(graph).proposals])[0]
+
+
+def _loss(model: nn.Module, loss):
+    return getattr(model, "gauge_loss", None) if loss is None else loss
+
+
+def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=None,
+         loss: str | Callable | None = None, check: bool = True, seed: int = 0) -> Binding:
+    """Bind ``model``'s parameters to the gauges of its computation.
+
+    Args:
+        model: any ``nn.Module`` (wrappers — ``torch.compile``, DDP, FSDP, ``DataParallel`` — are
+            looked through; names keep the wrapper's prefix).
+        specs: explicit :class:`GaugeSpec` s; ``None`` detects them from the graph.
+        example: inputs for one forward pass: a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs (``{"input_ids": ids, "labels": ids}``); default ``model.example_inputs()``.
+        loss: what training keeps invariant (:func:`target_of`): ``None`` (the output's ``loss`` if it
+            has one, else the whole output), ``"cross_entropy"`` (softmax cross-entropy on the logits:
+            admits the logit shift), or a callable ``output -> tensor``. Default ``model.gauge_loss``.
+        check: check every family on the model (:mod:`.check`); ``False`` binds explicit specs unchecked.
+        seed: seed of the check's random group elements.
+
+    A family the graph does not support, whose composition is not proved, or that fails the check
+    is not bound; ``Binding.refusals`` (and ``print(binding)``) say why. Explicit specs that fail
+    raise a :class:`GaugeError` instead: what the user asked for is not a symmetry of this model.
     """
-    param_names = {id(p): n for n, p in model.named_parameters()}
-    owners = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
-    outputs, inputs, hooks = {}, {}, []
-    norms = []
-    for fam in binding.families:
-        if fam.family.gauge != "norm_scale" or "gain" not in fam.roles:
-            continue
-        norm = owners[id(binding.params[fam.roles["gain"][0]][1])]
-        consumers = [owners[id(binding.params[i][1])] for i in fam.roles["W"]]
-        norms.append((fam, norm, consumers))
-        hooks.append(norm.register_forward_hook(lambda m, a, out: outputs.__setitem__(id(m), out)))
-        for c in consumers:
-            hooks.append(c.register_forward_hook(lambda m, a, out: inputs.__setitem__(id(m), a[0])))
-    try:
-        with torch.enable_grad():
-            out = model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    uses: dict = {}
-    stack, seen = [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        for nxt, _ in node.next_functions:
-            if nxt is not None:
-                uses[nxt] = uses.get(nxt, 0) + 1
-                stack.append(nxt)
-    for _fam, norm, consumers in norms:
-        y = outputs.get(id(norm))
-        gain = param_names.get(id(norm.weight), "?")
-        if y is None:
-            raise GaugeError("norm_scale", gain, "the norm did not run in the example forward pass")
-        for c in consumers:
-            if inputs.get(id(c)) is not y:
-                raise GaugeError("norm_scale", param_names.get(id(c.weight), "?"),
-                                 "does not read the bound norm's output directly")
-        if uses.get(y.grad_fn, 0) != len(consumers):
-            raise GaugeError("norm_scale", gain, f"the norm output feeds {uses.get(y.grad_fn, 0)} operations but only "
-                             f"{len(consumers)} bound consumers (e.g. a residual branch): the gain rescale is not a "
-                             "symmetry")
+    from gaugemath.structure.detect import detect as detect_graph
+    from gaugemath.structure.torch_trace import trace
 
+    from .check import check_binding
 
-def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=None) -> Binding:
-    """Bind ``model``'s parameters to gauges (detected when ``specs`` is ``None``).
-
-    With ``example`` (an input batch), norm gain bindings are checked on the autograd graph of
-    one forward pass (:func:`check_norm_dataflow`).
-    """
-    binding = _build(model, detect(model) if specs is None else list(specs))
-    if example is not None:
-        check_norm_dataflow(model, binding, example)
+    inner, prefix = _unwrap(model)
+    loss = _loss(inner, loss)
+    refusals: list[Refusal] = []
+    args, kwargs = (), {}
+    if specs is None or check:
+        if specs is not None and example is None and not hasattr(inner, "example_inputs"):
+            raise GaugeError("bind", type(inner).__name__, "explicit specs are checked on the model: pass "
+                             "example=(inputs) (and loss=...), or check=False to bind them unchecked")
+        args, kwargs = _example(inner, example)
+    if specs is None:
+        graph = trace(inner, args, kwargs, target_of(loss))
+        found = detect_graph(graph)
+        refusals += found.refusals
+        chosen, refused = compose([_spec_of(p) for p in found.proposals])
+        refusals += refused
+        if not chosen and not refusals:
+            raise GaugeError("bind", type(inner).__name__, "no gauge found in the computation")
+    else:
+        chosen, refused = compose(list(specs), frames=False)
+        if refused:
+            raise GaugeError(refused[0].gauge, refused[0].where, refused[0].reason)
+    seen: dict[str, int] = {}
+    for i, s in enumerate(chosen):  # distinct names: the check and the report refer to families by name
+        if s.name:
+            seen[s.name] = seen.get(s.name, 0) + 1
+            if seen[s.name] > 1:
+                chosen[i] = replace(s, name=f"{s.name}#{seen[s.name]}")
+    frozen = {n for n, p in _named(inner).items() if not p.requires_grad}
+    if frozen:
+        keep = []
+        for s in chosen:
+            hit = sorted({v.param if isinstance(v, TensorView) else v
+                          for vs in s.roles.values() for v in ([vs] if isinstance(vs, (str, TensorView)) else vs)}
+                         & frozen)
+            if hit and specs is not None:
+                raise GaugeError(s.family, hit[0], "is frozen (requires_grad=False): it cannot move along the orbit")
+            (refusals.append(Refusal(s.family, s.name, f"{hit[0]} is frozen (requires_grad=False)")) if hit
+             else keep.append(s))
+        chosen = keep
+    binding = _build(inner, chosen, prefix)
     check_balance_frames(binding.families)
+    binding.refusals = refusals
+    if check and binding.families:
+        binding = check_binding(inner, binding, chosen, args, kwargs, target_of(loss), seed, strict=specs is not None,
+                                prefix=prefix)
     return binding
 
 

@@ -102,7 +102,7 @@ class DDCMuon(DDCAdam):
         st = self.state[p]
         if id(p) in self.muon_ids and "momentum_buffer" not in st:
             dtype = self.ns[5] if bound else p.dtype
-            st["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            st["momentum_buffer"] = self._zeros(p, dtype, bound)
 
     def _uses_moments(self, p: Tensor) -> bool:
         return id(p) not in self.muon_ids  # Muon tensors keep one momentum buffer, no Adam moments

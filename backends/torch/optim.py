@@ -39,9 +39,10 @@ from torch import Tensor
 
 from gaugemath.errors import GaugeError
 
+from .._spec import entry_shape
 from . import batching
 from .batching import Batch, Layout
-from .binding import Binding, reindexed
+from .binding import Binding, entries, reindexed, restrict, stored, work_copies
 from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
 
@@ -116,38 +117,49 @@ class DDCAdam(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ structure
     def _plan(self) -> list[dict]:
-        """Per param group: free params, bound params (binding order) and the projector."""
+        """Per param group: free params, bound params (binding order), their layout and the projector."""
         where = {id(p): gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
         names = {id(p): n for n, p in self.binding.params}
-        for n, p in self.binding.params:
+        layout = self.binding.layout
+        params = self.binding.params
+        for n, p in params:
             if id(p) not in where:
                 raise GaugeError(self.binding.gauge_of(p), n, "is bound to a gauge but not given to the optimizer")
+        self._work_shapes = {id(p): entry_shape(layout, [tuple(q.shape) for _, q in params], i)
+                             for i, (_, p) in enumerate(params)}
         plans = []
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.dtype not in DTYPES:
                     raise TypeError(f"parameter {names.get(id(p), '<unnamed>')} has dtype {p.dtype}; "
                                     f"DDCAdam supports {[str(d) for d in DTYPES]}")
-            bound = [p for _, p in self.binding.params if where[id(p)] == gi]
+            mine = [i for i, (_, p) in enumerate(params) if where[id(p)] == gi]
+            bound = [params[i][1] for i in mine]
             bound_ids = {id(p) for p in bound}
-            fams = [f for f in self.binding.families if all(where[id(self.binding.params[i][1])] == gi
-                                                            for _, i in f.members())]
+
+            def group_of(entry: int) -> int:
+                return where[id(params[layout.base(entry)][1])]
+
+            fams = [f for f in self.binding.families if all(group_of(i) == gi for _, i in f.members())]
             if bound and len(fams) != len([f for f in self.binding.families
-                                           if any(where[id(self.binding.params[i][1])] == gi for _, i in f.members())]):
-                f = next(f for f in self.binding.families if len({where[id(self.binding.params[i][1])]
-                                                                  for _, i in f.members()}) > 1)
+                                           if any(group_of(i) == gi for _, i in f.members())]):
+                f = next(f for f in self.binding.families if len({group_of(i) for _, i in f.members()}) > 1)
                 raise GaugeError(f.family.gauge, f.name, "the tensors of one gauge must be in one param group")
-            local = {id(p): k for k, p in enumerate(bound)}
-            families = [reindexed(f, {i: local[id(self.binding.params[i][1])] for _, i in f.members()}) for f in fams]
+            sub, entry_map = restrict(layout, mine)
+            families = [reindexed(f, entry_map) for f in fams]
             devices = {p.device for p in bound}
             if len(devices) > 1:
                 raise GaugeError(fams[0].family.gauge, fams[0].name, f"bound tensors on several devices {devices}")
+            entry_names = [names[id(p)] for p in bound] + [f"{names[id(bound[i])]}[rows {a}:{b}]"
+                                                           for i, a, b in sub.views]
             plans.append({
                 "free": [p for p in group["params"] if id(p) not in bound_ids],
                 "bound": bound,
-                "names": [names[id(p)] for p in bound],
+                "names": entry_names,
+                "layout": sub,
                 "families": families,
-                "projector": Projector(families, [names[id(p)] for p in bound]) if families else None,
+                "projector": Projector(families, entry_names, [sub.base(i) for i in range(len(entry_names))])
+                if families else None,
             })
         return plans
 
@@ -253,9 +265,22 @@ class DDCAdam(torch.optim.Optimizer):
         if not st:
             st["step"] = torch.tensor(0.0)
             if self._uses_moments(p):
-                st["exp_avg"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, dtype=work, memory_format=torch.preserve_format)
+                st["exp_avg"] = self._zeros(p, work, bound)
+                st["exp_avg_sq"] = self._zeros(p, work, bound)
             st["shape"] = torch.tensor(list(p.shape))
+
+    def _zeros(self, p: Tensor, dtype: torch.dtype, bound: bool) -> Tensor:
+        """A zero state tensor for ``p``: bound tensors keep state in their work layout (a weight bound
+        transposed keeps transposed moments; a row permutation keeps permuted ones)."""
+        shape = self._work_shapes.get(id(p)) if bound else None
+        if shape is None or tuple(shape) == tuple(p.shape) and not self._permuted(p):
+            return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        return torch.zeros(shape, dtype=dtype, device=p.device)
+
+    def _permuted(self, p: Tensor) -> bool:
+        layout = self.binding.layout
+        return any(q is p and (layout.transpose[i] or layout.perms[i] is not None)
+                   for i, (_, q) in enumerate(self.binding.params))
 
     def _uses_moments(self, p: Tensor) -> bool:
         """Whether ``p`` keeps per-coordinate Adam moments (every tensor here; not Muon's in ``DDCMuon``)."""
@@ -306,6 +331,11 @@ class DDCAdam(torch.optim.Optimizer):
         device = plan["bound"][0].device
         if plan.get("device") != device:
             plan["device"], plan["path"] = device, select(self.kernels, device)
+            if not plan["layout"].plain and plan["path"] == "triton":
+                if self.kernels == "triton":
+                    raise GaugeError("ddc", plan["names"][0], "kernels='triton' does not take bindings with "
+                                     "transposed or row-selected tensors yet; use kernels='reference'")
+                plan["path"] = "reference"
             if plan["path"] == "triton" and "kernel_families" not in plan:
                 fams = [KernelFamily.of(f) for f in plan["families"]]
                 proj = Projector(fams, plan["names"])
@@ -314,7 +344,7 @@ class DDCAdam(torch.optim.Optimizer):
                 fams = plan["families"]
                 plan["single"] = ([Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
                 plan["batches"] = (batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
-                                   if self._batch_layers else plan["single"])
+                                   if self._batch_layers and plan["layout"].plain else plan["single"])
         if plan["path"] == "triton":
             return "triton", *plan["kernel_families"]
         # Under torch.compile, single families on separate work copies: Inductor handles in-place
@@ -332,10 +362,11 @@ class DDCAdam(torch.optim.Optimizer):
         n = len(params)
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
         work = self.canonical_dtype or torch.float64
-        if layout is None:  # one work copy per tensor
+        lay = plan["layout"]
+        if layout is None:  # one work copy per tensor (in its work layout), and the row views of the layout
             theta_flat = None
-            theta = [p.detach().to(work, copy=True) for p in params]
-            grad = [g.to(work, copy=True) for _, g, _ in slots]
+            theta = entries(lay, work_copies(lay, [p.detach() for p in params], work))
+            grad = entries(lay, work_copies(lay, [g for _, g, _ in slots], work))
         else:  # one work buffer; tensors and layer stacks are views of it
             theta_flat, theta = layout.buffer([p.detach() for p in params], work)
             grad = layout.buffer([g for _, g, _ in slots], work)[1]
@@ -359,12 +390,12 @@ class DDCAdam(torch.optim.Optimizer):
         if layout is not None:  # one pass: copy (and cast) u into its work buffer
             u_flat, u = layout.buffer(u, work)
         else:
-            u = [x if x.dtype == work else x.to(work) for x in u]
+            u = entries(lay, [x if x.dtype == work else x.to(work) for x in u])
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack(_per_family(batches, [b.family.coords(theta, u) for b in batches], len(fams)), c_theta)
         coef = proj.solve(fact, rhs)
         if layout is None:
-            delta = torch._foreach_add(u, theta, alpha=wd)
+            delta = entries(lay, torch._foreach_add(u[:n], theta[:n], alpha=wd))
         else:  # u is not needed again: δ = u + λθ̃ in its buffer
             delta_flat, delta = u_flat.add_(theta_flat, alpha=wd), u
         for b in batches:
@@ -380,16 +411,16 @@ class DDCAdam(torch.optim.Optimizer):
         if layout is not None:  # 5. step and map back
             _sub_scaled(theta_flat, delta_flat, lr)
         elif isinstance(lr, Tensor):  # a tensor lr: under torch.compile
-            torch._foreach_mul_(delta, lr)
-            torch._foreach_sub_(theta, delta)
+            torch._foreach_mul_(delta[:n], lr)
+            torch._foreach_sub_(theta[:n], delta[:n])
         else:
-            torch._foreach_add_(theta, delta, alpha=-lr)
+            torch._foreach_add_(theta[:n], delta[:n], alpha=-lr)
         for b, h in zip(reversed(batches), reversed(frames)):
             b.family.act(h, theta, inverse=True)
         if self.nonfinite == "raise":
             self._check_update(theta[:n], plan, batches, frames, fact["info"])
-        for p, t in zip(params, theta[:n]):
-            p.copy_(t)
+        for k, (p, t) in enumerate(zip(params, theta[:n])):
+            p.copy_(stored(lay, k, t))
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the

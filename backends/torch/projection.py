@@ -30,9 +30,9 @@ from .orbits import BoundFamily
 class Projector:
     """Evaluates the coupling structure of :class:`~gaugemath.backends._coupling.Coupling` on tensors."""
 
-    def __init__(self, families: list[BoundFamily], names: list[str]):
+    def __init__(self, families: list[BoundFamily], names: list[str], bases: list[int] | None = None):
         self.families = families
-        self.coupling = Coupling(families, names)
+        self.coupling = Coupling(families, names, bases)
         self.components = self.coupling.components
 
     # ---------------------------------------------------------------- per step

@@ -394,4 +394,4 @@ def gpt_gauge_specs(cfg: GPTConfig) -> list[GaugeSpec]:
 def mlp_gauge_specs() -> list[GaugeSpec]:
     """The gauge binding of the MLP (``relu_rescale.balance``), identical to torch ``detect(MLP(...))``."""
     return [GaugeSpec("relu_rescale.balance", {"W_in": "fc_in.weight", "b_in": "fc_in.bias",
-                                               "W_out": "fc_out.weight"}, name="mlp")]
+                                               "W_out": "fc_out.weight"}, name="fc_in→fc_out")]

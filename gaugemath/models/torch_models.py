@@ -75,6 +75,16 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+class _SequenceExample:
+    """``example_inputs()`` for a layer on ``(B, T, d_model)`` sequences: what
+    :func:`~gaugemath.backends.torch.bind` traces and checks the gauges on."""
+
+    def example_inputs(self) -> tuple[Tensor]:
+        first = next(m for m in self.modules() if isinstance(m, nn.Linear))  # type: ignore[attr-defined]
+        return (torch.randn(2, 5, first.in_features, dtype=first.weight.dtype,
+                            generator=torch.Generator().manual_seed(0)),)
+
+
 class MLP(nn.Module):
     """Two-layer perceptron ``y = W_out relu(W_in x + b_in) + b_out`` (gauge ``relu_rescale``).
 
@@ -92,6 +102,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc_out(F.relu(self.fc_in(x)))
+
+    def example_inputs(self) -> tuple[Tensor]:
+        """One small input batch for :func:`~gaugemath.backends.torch.bind` to trace (the output itself
+        must stay unchanged: a regression model)."""
+        return (torch.randn(3, self.fc_in.in_features, dtype=self.fc_in.weight.dtype,
+                            generator=torch.Generator().manual_seed(0)),)
 
 
 class RotaryEmbedding(nn.Module):
@@ -132,7 +148,7 @@ class RotaryEmbedding(nn.Module):
         return out.flatten(-2)
 
 
-class Attention(nn.Module):
+class Attention(_SequenceExample, nn.Module):
     """Multi-head softmax attention, causal by default, optionally with RoPE on queries and keys.
 
     ``x``: ``(B, T, d)``. With ``W_Q, W_K, W_V``: ``(H·D, d)`` and ``W_O``: ``(d, H·D)``, head ``h``
@@ -180,7 +196,7 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.d_head))
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(_SequenceExample, nn.Module):
     """Gated feed-forward ``y = W_down (silu(W_gate x) ⊙ W_up x)`` (gauge ``swiglu_rescale``).
 
     ``x``: ``(..., d)`` → ``(..., d)``; ``gate.weight``, ``up.weight``: ``(d_ff, d)``,
@@ -197,7 +213,7 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-class ReluMLP(nn.Module):
+class ReluMLP(_SequenceExample, nn.Module):
     """Feed-forward ``y = W_out relu(W_in x + b_in) + b_out`` (gauge ``relu_rescale``).
 
     ``x``: ``(..., d)`` → ``(..., d)``; ``fc_in.weight``: ``(d_ff, d)``, ``fc_out.weight``: ``(d, d_ff)``.
@@ -211,8 +227,14 @@ class ReluMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc_out(F.relu(self.fc_in(x)))
 
+    def example_inputs(self) -> tuple[Tensor]:
+        """One small input batch for :func:`~gaugemath.backends.torch.bind` to trace (the output itself
+        must stay unchanged: a regression model)."""
+        return (torch.randn(3, self.fc_in.in_features, dtype=self.fc_in.weight.dtype,
+                            generator=torch.Generator().manual_seed(0)),)
 
-class Block(nn.Module):
+
+class Block(_SequenceExample, nn.Module):
     """Pre-norm residual transformer block, ``x``: ``(B, T, d)`` → ``(B, T, d)``::
 
         h   = x + attn(ln1(x))
@@ -288,6 +310,14 @@ class GPT(nn.Module):
             x = block(x)
         return self.head(self.ln_f(x))
 
+    #: what :func:`~gaugemath.backends.torch.bind` keeps invariant: softmax cross-entropy on the logits
+    gauge_loss = "cross_entropy"
+
+    def example_inputs(self) -> tuple[Tensor]:
+        """A small token batch for :func:`~gaugemath.backends.torch.bind` to trace."""
+        seq = 5 if self.max_len is None else min(5, self.max_len)
+        return (torch.randint(0, self.vocab, (2, seq), generator=torch.Generator().manual_seed(0)),)
+
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy; ``idx``, ``targets``: ``(B, T)`` int64 → scalar."""
         logits = self(idx)
@@ -348,6 +378,14 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x)[:, 0])
+
+    #: what :func:`~gaugemath.backends.torch.bind` keeps invariant: softmax cross-entropy on the logits
+    gauge_loss = "cross_entropy"
+
+    def example_inputs(self) -> tuple[Tensor]:
+        """A small image batch for :func:`~gaugemath.backends.torch.bind` to trace."""
+        return (torch.randn(2, self.channels, self.image_size, self.image_size, dtype=self.patch.weight.dtype,
+                            generator=torch.Generator().manual_seed(0)),)
 
 
 def gpt2_small(**overrides: Any) -> GPT:
