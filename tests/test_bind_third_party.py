@@ -181,3 +181,30 @@ def test_report_lists_fraction_and_refusals():
     text = str(bind_case(case, case.make()))
     assert "parameter entries" in text and "%" in text
     assert "refused: ce_shift refused" in text and "checked: fp64" in text
+
+
+def test_nanogpt_param_groups_decay_split_is_equivariant():
+    """nanoGPT's configure_optimizers: 2-D tensors decay, 1-D ones do not; one gauge spans both groups
+    (ln_1's gain and bias in the no-decay group, c_attn's weight in the decay group)."""
+    case = _case("nanoGPT (flash)")
+
+    def make(m):
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        no_decay = [p for p in m.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+        return DDCAdam(groups, binding=bind_case(case, m), lr=1e-2)
+
+    dev = protocol(case, make)
+    adamw = protocol(case, lambda m: torch.optim.AdamW(
+        [{"params": [p for p in m.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+         {"params": [p for p in m.parameters() if p.dim() < 2], "weight_decay": 0.0}], lr=1e-2))
+    assert dev < 1e-12 and adamw > 1e-6, (dev, adamw)
+    model = case.make()
+    binding = bind_case(case, model)
+    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "lr": 1e-2},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "lr": 1e-3}]
+    with pytest.raises(GaugeError, match="param groups 0 and 1 with different lr"):
+        DDCAdam(groups, binding=binding)
+    with pytest.raises(GaugeError, match="different weight_decay"):
+        DDCMuon([{"params": groups[0]["params"], "weight_decay": 0.1},
+                 {"params": groups[1]["params"], "weight_decay": 0.0}], binding=binding)

@@ -95,6 +95,9 @@ class DDCMuon(DDCAdam):
         self.muon_ids = {id(p) for p in chosen}
         self.ns = (tuple(ns_coefficients), ns_steps, eps, adjust_lr_fn, ns_dtype, canonical_ns_dtype)
 
+    #: DDCMuon steps a gauge's tensors with one weight decay (DDCAdam takes a different one per group)
+    SHARED = DDCAdam.SHARED + ("weight_decay", "adam_weight_decay", "momentum", "nesterov", "adam_lr")
+
     def _init_state(self, p: Tensor, work: torch.dtype, bound: bool) -> None:
         """:meth:`DDCAdam._init_state`, plus the momentum buffer of a Muon tensor (bound ones in
         ``canonical_ns_dtype``, free ones in the parameter dtype as ``torch.optim.Muon``)."""

@@ -125,26 +125,24 @@ class DDCAdam(torch.optim.Optimizer):
         for n, p in params:
             if id(p) not in where:
                 raise GaugeError(self.binding.gauge_of(p), n, "is bound to a gauge but not given to the optimizer")
+        self._bound_ids = {id(p) for _, p in params}
         self._work_shapes = {id(p): entry_shape(layout, [tuple(q.shape) for _, q in params], i)
                              for i, (_, p) in enumerate(params)}
+        lead = self._clusters(where)
         plans = []
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.dtype not in DTYPES:
                     raise TypeError(f"parameter {names.get(id(p), '<unnamed>')} has dtype {p.dtype}; "
                                     f"DDCAdam supports {[str(d) for d in DTYPES]}")
-            mine = [i for i, (_, p) in enumerate(params) if where[id(p)] == gi]
+            mine = [i for i, (_, p) in enumerate(params) if lead[where[id(p)]] == gi]
             bound = [params[i][1] for i in mine]
-            bound_ids = {id(p) for p in bound}
+            bound_ids = self._bound_ids
 
             def group_of(entry: int) -> int:
-                return where[id(params[layout.base(entry)][1])]
+                return lead[where[id(params[layout.base(entry)][1])]]
 
-            fams = [f for f in self.binding.families if all(group_of(i) == gi for _, i in f.members())]
-            if bound and len(fams) != len([f for f in self.binding.families
-                                           if any(group_of(i) == gi for _, i in f.members())]):
-                f = next(f for f in self.binding.families if len({group_of(i) for _, i in f.members()}) > 1)
-                raise GaugeError(f.family.gauge, f.name, "the tensors of one gauge must be in one param group")
+            fams = [f for f in self.binding.families if group_of(f.members()[0][1]) == gi]
             sub, entry_map = restrict(layout, mine)
             families = [reindexed(f, entry_map) for f in fams]
             devices = {p.device for p in bound}
@@ -152,16 +150,48 @@ class DDCAdam(torch.optim.Optimizer):
                 raise GaugeError(fams[0].family.gauge, fams[0].name, f"bound tensors on several devices {devices}")
             entry_names = [names[id(p)] for p in bound] + [f"{names[id(bound[i])]}[rows {a}:{b}]"
                                                            for i, a, b in sub.views]
+            decays = tuple(self.param_groups[where[id(p)]]["weight_decay"] for p in bound)
             plans.append({
                 "free": [p for p in group["params"] if id(p) not in bound_ids],
                 "bound": bound,
                 "names": entry_names,
                 "layout": sub,
                 "families": families,
+                "groups": sorted({where[id(p)] for p in bound}),
+                "decays": decays if len(set(decays)) > 1 else None,
                 "projector": Projector(families, entry_names, [sub.base(i) for i in range(len(entry_names))])
                 if families else None,
             })
         return plans
+
+    #: hyperparameters that param groups sharing a gauge must agree on (weight decay may differ)
+    SHARED = ("lr", "betas", "eps", "vertical", "vertical_eps", "vertical_rtol")
+
+    def _clusters(self, where: dict[int, int]) -> list[int]:
+        """For each param group, the lowest-index group it shares a gauge with (directly or through
+        others): a family's tensors are stepped together, in the plan of that lead group, each with its
+        own group's weight decay (nanoGPT's and HF Trainer's decay / no-decay split of one gauge)."""
+        parent = list(range(len(self.param_groups)))
+
+        def root(g: int) -> int:
+            while parent[g] != g:
+                g = parent[g]
+            return g
+
+        params, layout = self.binding.params, self.binding.layout
+        for f in self.binding.families:
+            groups = {where[id(params[layout.base(i)][1])] for _, i in f.members()}
+            first = min(groups)
+            for g in groups:
+                a, b = sorted((root(first), root(g)))
+                parent[b] = a
+            for g in groups:
+                for key in self.SHARED:
+                    if self.param_groups[g].get(key) != self.param_groups[first].get(key):
+                        raise GaugeError(f.family.gauge, f.name, f"its tensors are in param groups {first} and {g} "
+                                         f"with different {key} ({self.param_groups[first][key]} vs "
+                                         f"{self.param_groups[g][key]}); only weight_decay may differ within a gauge")
+        return [root(g) for g in range(len(self.param_groups))]
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -205,11 +235,14 @@ class DDCAdam(torch.optim.Optimizer):
         def who(p):
             return (self.binding.gauge_of(p) if id(p) in names else "none"), names.get(id(p), "<unbound>")
 
-        for p in group["params"]:
+        bound = plan["bound"]
+        missing = [p for p in bound if p.grad is None]
+        if missing and len(missing) == len(bound):
+            bound = []  # no bound tensor has a gradient this step: skipped, as torch.optim skips such tensors
+        checked = [p for p in group["params"] if id(p) not in self._bound_ids] + list(bound)
+        for p in checked:
             if p.grad is None:
-                if id(p) in names:
-                    raise GaugeError(*who(p), "has no gradient; every tensor of a bound gauge needs one")
-                continue
+                continue  # free: skipped; bound (some of the gauges' tensors have gradients): a zero gradient
             if p.grad.is_sparse:
                 raise GaugeError(*who(p), "sparse gradients are not supported by DDCAdam")
             st = self.state.get(p, {})
@@ -220,9 +253,8 @@ class DDCAdam(torch.optim.Optimizer):
                 raise GaugeError(*who(p), f"gradient {tuple(p.grad.shape)}/{p.grad.dtype} does not match the "
                                  f"parameter {tuple(p.shape)}/{p.dtype}")
         free = [p for p in plan["free"] if p.grad is not None]
-        for p in free:
+        for p in free:  # (a bound tensor without a gradient, beside others that have one, steps with zeros)
             self._init_state(p, torch.float32 if p.dtype == torch.bfloat16 else p.dtype, bound=False)
-        bound = plan["bound"]
         if bound:
             sdtype = torch.float32 if bound[0].dtype == torch.bfloat16 else bound[0].dtype
             for p in bound:
@@ -240,7 +272,7 @@ class DDCAdam(torch.optim.Optimizer):
             keys = []
             for p in part:
                 st = {k: v for k, v in self.state[p].items() if k != "shape"}
-                tensors += [p, p.grad, *st.values()]
+                tensors += [p, p.grad if p.grad is not None else torch.zeros_like(p), *st.values()]
                 keys.append(tuple(st))
             layout.append(tuple(keys))
         return tuple(layout)
@@ -344,7 +376,8 @@ class DDCAdam(torch.optim.Optimizer):
                 fams = plan["families"]
                 plan["single"] = ([Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
                 plan["batches"] = (batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
-                                   if self._batch_layers and plan["layout"].plain else plan["single"])
+                                   if self._batch_layers and plan["layout"].plain and plan["decays"] is None
+                                   else plan["single"])
         if plan["path"] == "triton":
             return "triton", *plan["kernel_families"]
         # Under torch.compile, single families on separate work copies: Inductor handles in-place
@@ -376,6 +409,11 @@ class DDCAdam(torch.optim.Optimizer):
             b.family.act_pair(h, theta, grad)
             frames.append(h)
         grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
+        decays = plan["decays"]
+        if decays is not None:  # per-tensor weight decay λ_t (param groups): the decay term is λ ⊙ θ̃
+            decayed = entries(lay, torch._foreach_mul(theta[:n], list(decays)))
+            c_theta = [b.family.coords(theta, decayed) for b in batches]
+            wd = 1.0
         grams, c_theta = _per_family(batches, grams, len(fams)), _per_family(batches, c_theta, len(fams))
         fact = proj.factor(theta, grams)
         rtol = group["vertical_rtol"]
@@ -394,7 +432,9 @@ class DDCAdam(torch.optim.Optimizer):
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack(_per_family(batches, [b.family.coords(theta, u) for b in batches], len(fams)), c_theta)
         coef = proj.solve(fact, rhs)
-        if layout is None:
+        if decays is not None:  # δ = u + λ ⊙ θ̃
+            delta = entries(lay, torch._foreach_add(u[:n], decayed[:n]))
+        elif layout is None:
             delta = entries(lay, torch._foreach_add(u[:n], theta[:n], alpha=wd))
         else:  # u is not needed again: δ = u + λθ̃ in its buffer
             delta_flat, delta = u_flat.add_(theta_flat, alpha=wd), u
