@@ -477,7 +477,8 @@ def protocol(case: Case, make_opt, steps: int = 8, seed: int = 11) -> float:
             o.step()
         image = copy.deepcopy(a)
         case.transform(image, seed)
-        pb, pi = dict(b.named_parameters()), dict(image.named_parameters())
+        pb = {n: p.detach() for n, p in b.named_parameters()}
+        pi = {n: p.detach() for n, p in image.named_parameters()}
         num = sum(float((pb[n] - pi[n]).pow(2).sum()) for n in pi)
         den = sum(float(pi[n].pow(2).sum()) for n in pi)
         worst = max(worst, math.sqrt(num / den))

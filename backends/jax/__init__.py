@@ -3,8 +3,9 @@
 Formulas are generated into ``_generated.py`` by ``gaugemath codegen`` (``jax.numpy`` printer).
 """
 
-from .._spec import GaugeSpec
+from .._spec import GaugeSpec, TensorView
 from .binding import JaxBinding, bind, leaf_paths
 from .optim import DDCAdamState, ddc_adam, ddc_muon, newton_schulz
 
-__all__ = ["DDCAdamState", "GaugeSpec", "JaxBinding", "bind", "ddc_adam", "ddc_muon", "leaf_paths", "newton_schulz"]
+__all__ = ["DDCAdamState", "GaugeSpec", "JaxBinding", "TensorView", "bind", "ddc_adam", "ddc_muon", "leaf_paths",
+           "newton_schulz"]

@@ -55,14 +55,29 @@ class JaxBinding:
     __repr__ = __str__
 
 
-def bind(params, specs: Sequence[GaugeSpec]) -> JaxBinding:
-    """Bind the leaves of ``params`` named in ``specs`` (errors name the leaf path and gauge)."""
+def bind(params, specs: Sequence[GaugeSpec], *, apply=None, example: Sequence = (), loss=None,
+         check: bool = True) -> JaxBinding:
+    """Bind the leaves of ``params`` named in ``specs`` (errors name the leaf path and gauge).
+
+    ``apply(params, *example)`` (the model) and ``loss`` (its output → what training keeps invariant;
+    default: the whole output) check every family on the model (:mod:`.check`): a spec that is not a
+    symmetry raises a :class:`GaugeError` with the measured change. ``check=False`` binds unchecked
+    (the catalogue's own constructions, or shapes only, as in ``jax.eval_shape``).
+    """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
     order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
     if not layout.plain:
         raise GaugeError("bind", ", ".join(order), "the JAX binder takes leaves as stored (no transposed or "
-                         "row-selected TensorView yet)")
+                         "row-selected TensorView yet): a flax kernel stored (in, out) cannot be bound here")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
     check_balance_frames(fams)
-    return JaxBinding(tuple(order), fams)
+    binding = JaxBinding(tuple(order), fams)
+    if check:
+        if apply is None:
+            raise GaugeError("bind", ", ".join(order[:3]), "explicit specs are checked on the model: pass apply=fn "
+                             "(fn(params, *example) -> output) and example=(...), or check=False to bind unchecked")
+        from .check import check_binding
+
+        check_binding(binding, params, apply, tuple(example), loss)
+    return binding
