@@ -208,3 +208,33 @@ def test_nanogpt_param_groups_decay_split_is_equivariant():
     with pytest.raises(GaugeError, match="different weight_decay"):
         DDCMuon([{"params": groups[0]["params"], "weight_decay": 0.1},
                  {"params": groups[1]["params"], "weight_decay": 0.0}], binding=binding)
+
+
+class GemmaNorm(torch.nn.Module):
+    """Gemma's RMSNorm (re-typed): the gain enters as ``(1 + w)``."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+    def forward(self, x):
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return out * (1.0 + self.weight.float()).to(x.dtype)
+
+
+def test_affine_gain_is_refused_by_name():
+    model = torch.nn.Sequential(GemmaNorm(6), torch.nn.Linear(6, 3, dtype=torch.float64))
+    binding = bind(model, example=(torch.randn(4, 6, dtype=torch.float64),))
+    assert not binding.families
+    assert any(r.where == "0.weight" and "(c + w)" in r.reason for r in binding.refusals), binding.refusals
+
+
+def test_binding_check_is_public_and_catches_an_edited_model():
+    case = _case("nanoGPT (flash)")
+    model = case.make()
+    binding = bind_case(case, model)
+    assert binding.check(model, example(case)[0], loss=lambda out: out[1]).startswith("fp64")
+    blk = model.transformer.h[0]
+    blk.ln_1.forward = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], blk.ln_1.weight, blk.ln_1.bias) + x
+    with pytest.raises(GaugeError, match="norm_scale.*not a symmetry of this model"):
+        binding.check(model, example(case)[0], loss=lambda out: out[1])

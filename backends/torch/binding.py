@@ -88,6 +88,23 @@ class Binding:
             for i, t in enumerate(tensors):
                 t.copy_(self.from_work(i, work[i]))
 
+    # ------------------------------------------------------------- check
+    def check(self, model: nn.Module, example=None, *, loss: str | Callable | None = None, seed: int = 1) -> str:
+        """Check this binding on ``model`` again (e.g. after editing the model or loading weights), with a
+        new random group element: raise a :class:`GaugeError` naming the first family that is not a gauge
+        of the model; else return the summary of what was measured."""
+        from .check import check_binding
+
+        inner, prefix = _unwrap(model)
+        args, kwargs = _example(inner, example)
+        mine = {id(p) for _, p in self.params}
+        named = {id(p) for p in inner.parameters()}
+        if not mine <= named:
+            raise GaugeError("bind", type(inner).__name__, "the binding's parameters are not this model's")
+        checked = check_binding(inner, self, [], args, kwargs, target_of(_loss(inner, loss)), seed, strict=True,
+                                prefix=prefix)
+        return checked.checked
+
     # ------------------------------------------------------------- report
     def gauge_of(self, p: Tensor) -> str:
         idx = next((i for i, (_, q) in enumerate(self.params) if q is p), None)

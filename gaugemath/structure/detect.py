@@ -570,6 +570,27 @@ def _planes(h, node: Node) -> list[tuple[int, int]]:
     return sorted(planes)
 
 
+def _affine_gains(graph: Graph) -> list[Refusal]:
+    """1-D parameters that scale a value as ``(c + w)`` (Gemma's RMSNorm): the rescale would act on
+    ``w`` affinely (``w → α(c + w) − c``), which no catalogue family does; named, not bound."""
+    out = []
+    for name, node in graph.params.items():
+        if node.shape is None or len(node.shape) != 1:
+            continue
+        cur = node
+        while len(cur.users) == 1 and cur.users[0].op in CASTS:
+            cur = cur.users[0]
+        for add in cur.users:
+            after = add
+            while len(after.users) == 1 and after.users[0].op in CASTS:
+                after = after.users[0]
+            if add.op in ("add", "rsub") and len(add.inputs()) == 1 and any(u.op == "mul" for u in after.users):
+                out.append(Refusal("norm_scale", name, "the gain enters as (c + w): its rescale acts on w affinely "
+                                   "(w → α(c + w) − c), which no proved family does"))
+                break
+    return out
+
+
 # --------------------------------------------------------------------------- entry point
 def detect(graph: Graph) -> Detection:
     """Every family the graph supports, and every plausible one it does not, with the reason."""
@@ -601,6 +622,7 @@ def detect(graph: Graph) -> Detection:
             except _Fail as e:
                 if "softmax" in e.reason or e.node.op in SOFTMAX or e.node.op == "cross_entropy_loss" or tie:
                     out.refusals.append(Refusal("ce_shift", prod.weight, e.reason))
+    out.refusals += _affine_gains(graph)
     props, refs = _rotations(graph, linear)
     out.proposals += props
     out.refusals += refs
