@@ -147,10 +147,11 @@ class DDCMuon(DDCAdam):
                 if k not in adam:
                     st["step"] += 1
         coeffs, steps, eps, lr_fn, _, ns_dtype = self.ns
-        lr, wd, mom = scalar(group["lr"]), group["weight_decay"], group["momentum"]
-        ratio, awd = scalar(group["adam_lr"]) / lr, group["adam_weight_decay"]
+        ref, wd, mom = scalar(group["lr"]), group["weight_decay"], group["momentum"]
+        lr = group.get("_muon_lr", ref)  # the step is −ref (u + λθ̃); ref = lr unless lr = 0 (see _ddc)
+        ratio, awd = scalar(group["adam_lr"]) / ref, group["adam_weight_decay"]
         u: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
-        for j, k in enumerate(adam):  # lr (u + λθ̃) = adam_lr (d + λ_a θ̃)
+        for j, k in enumerate(adam):  # ref (u + λθ̃) = adam_lr (d + λ_a θ̃)
             u[k] = ratio * (u_adam[j] + awd * theta[k]) - wd * theta[k]
         for k, p in enumerate(params):
             if id(p) not in self.muon_ids:
@@ -160,4 +161,17 @@ class DDCMuon(DDCAdam):
             buf.lerp_(g, 1 - mom)
             update = g.lerp(buf, mom) if group["nesterov"] else buf
             u[k] = newton_schulz(update, coeffs, steps, eps, ns_dtype).to(work) * _adjust(lr_fn, p.shape)
+            if lr is not ref:  # ref (u + λθ̃) = lr (msign + λθ̃)
+                u[k] = (lr / ref) * u[k] + (lr / ref - 1) * wd * theta[k]
         return u, bc1, bc2
+
+    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+        """:meth:`DDCAdam._ddc` with the step written as ``−ref (u + λθ̃)``: ``ref`` is the Muon ``lr``,
+        or, while it is 0 (a warmup from zero), the Adam lr (or 1 if that is 0 too), so that the Adam
+        tensors of a gauge still take their step and nothing divides by zero."""
+        lr = scalar(group["lr"])
+        if not isinstance(lr, Tensor) and lr == 0:
+            adam_lr = scalar(group["adam_lr"])
+            ref = adam_lr if not isinstance(adam_lr, Tensor) and adam_lr != 0 else 1.0
+            group = dict(group, lr=ref, _muon_lr=0.0)
+        super()._ddc(group, plan, slots)

@@ -133,7 +133,7 @@ class DDCAdam(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.dtype not in DTYPES:
-                    raise TypeError(f"parameter {names.get(id(p), '<unnamed>')} has dtype {p.dtype}; "
+                    raise TypeError(f"parameter {self._name_of(p)} has dtype {p.dtype}; "
                                     f"DDCAdam supports {[str(d) for d in DTYPES]}")
             mine = [i for i, (_, p) in enumerate(params) if lead[where[id(p)]] == gi]
             bound = [params[i][1] for i in mine]
@@ -193,6 +193,48 @@ class DDCAdam(torch.optim.Optimizer):
                                          f"{self.param_groups[g][key]}); only weight_decay may differ within a gauge")
         return [root(g) for g in range(len(self.param_groups))]
 
+    def _name_of(self, p: Tensor) -> str:
+        """A parameter's name for messages: the binding's, else the one the optimizer was given
+        (``model.named_parameters()``, torch.optim's ``param_names``), else its place in the groups."""
+        for n, q in self.binding.params:
+            if q is p:
+                return n
+        for gi, g in enumerate(self.param_groups):
+            for i, q in enumerate(g["params"]):
+                if q is p:
+                    names = g.get("param_names")
+                    return names[i] if names else f"param_groups[{gi}]['params'][{i}]"
+        return "<not in this optimizer>"
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``torch.optim.Optimizer.load_state_dict``, keeping each state tensor's saved dtype (torch casts
+        floating state to the parameter's dtype: bf16 parameters would get bf16 moments and an int64
+        ``shape`` read back through bf16; fp64 canonical state would lose its precision), and refusing a
+        checkpoint of another optimizer or model with the parameter at fault named."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [i for g in state_dict.get("param_groups", []) for i in g["params"]]
+        for g in state_dict.get("param_groups", []):
+            missing = [k for k in self.defaults if k not in g]
+            if missing:
+                raise GaugeError("checkpoint", type(self).__name__, f"this state_dict was not saved by "
+                                 f"{type(self).__name__}: its param groups lack {missing}")
+        for p, i in zip(params, saved_ids):
+            st = state_dict.get("state", {}).get(i, {})
+            who = self._name_of(p)
+            if "shape" in st and tuple(int(x) for x in st["shape"].tolist()) != tuple(p.shape):
+                raise GaugeError("checkpoint", who, f"the checkpoint's parameter has shape "
+                                 f"{tuple(int(x) for x in st['shape'].tolist())}, the model's {tuple(p.shape)}")
+            for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+                want = self._work_shapes.get(id(p), tuple(p.shape)) if id(p) in self._bound_ids else tuple(p.shape)
+                if key in st and tuple(st[key].shape) != tuple(want):
+                    raise GaugeError("checkpoint", who, f"state '{key}' has shape {tuple(st[key].shape)}, expected "
+                                     f"{tuple(want)} (a checkpoint of another model or binding)")
+        super().load_state_dict(state_dict)
+        for p, i in zip(params, saved_ids):
+            for key, value in state_dict.get("state", {}).get(i, {}).items():
+                if isinstance(value, Tensor) and key in self.state[p]:
+                    self.state[p][key] = value.detach().clone().to(device=p.device)
+
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         if hasattr(self, "_plans"):
@@ -233,7 +275,7 @@ class DDCAdam(torch.optim.Optimizer):
         names = dict(zip(map(id, plan["bound"]), plan["names"]))
 
         def who(p):
-            return (self.binding.gauge_of(p) if id(p) in names else "none"), names.get(id(p), "<unbound>")
+            return (self.binding.gauge_of(p) if id(p) in names else "no gauge"), self._name_of(p)
 
         bound = plan["bound"]
         missing = [p for p in bound if p.grad is None]
@@ -280,15 +322,14 @@ class DDCAdam(torch.optim.Optimizer):
     def _all_finite(self, group: dict, slots: list[tuple]) -> bool:
         """One host sync: are all gradients finite? (``nonfinite="raise"``: if not, name the tensor.)"""
         grads = [g for _, g, _ in slots]
-        # the 2-norm of a tensor is finite iff every entry is (barring overflow of the norm itself)
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        # the max-norm of a tensor is finite iff every entry is (the 2-norm overflows for finite 1e19 in fp32)
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=float("inf")))).all()):
             return True
         if self.nonfinite == "skip":
             return False
         bad = next(p for p, g, _ in slots if not torch.isfinite(g).all())
-        names = {id(p): n for n, p in self.binding.params}
-        gauge = self.binding.gauge_of(bad) if id(bad) in names else "none"
-        raise GaugeError(gauge, names.get(id(bad), "<unbound>"),
+        gauge = self.binding.gauge_of(bad)
+        raise GaugeError(gauge if gauge != "none" else "no gauge", self._name_of(bad),
                          "non-finite gradient (nonfinite='raise'; use 'skip' to skip such steps)")
 
     def _init_state(self, p: Tensor, work: torch.dtype, bound: bool) -> None:
