@@ -84,3 +84,26 @@ def test_foreign_and_mismatched_checkpoints_are_named():
     other = tiny_gpt(d_model=12)
     with pytest.raises(GaugeError, match="gauge 'checkpoint', block 'embed.weight'.*shape"):
         DDCAdam(other.named_parameters(), binding=bind(other)).load_state_dict(opt.state_dict())
+
+
+def test_jax_ddc_muon_warmup_from_zero_lr():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from gaugemath.backends import jax as gj
+
+    from gaugemath.models.jax_models import gpt_config_of, gpt_gauge_specs, init_gpt
+
+    model = tiny_gpt()
+    cfg = gpt_config_of(model)
+    params = init_gpt(jax.random.key(0), cfg)
+    binding = gj.bind(params, gpt_gauge_specs(cfg), check=False)  # the twin's specs (tests/test_models_jax.py)
+    mats = [n for n, x in params.items() if x.ndim == 2]
+    tx = gj.ddc_muon(optax.linear_schedule(0.0, 1e-2, 10), gauges=binding, muon_leaves=mats, adam_lr=1e-3)
+    state = tx.init(params)
+    grads = jax.tree_util.tree_map(lambda x: jnp.cos(3 * x), params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    assert all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(params))

@@ -239,6 +239,9 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
 
     def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd):
         fams = binding.families
+        muon_lr = lr
+        if _muon is not None:  # the step is −ref (u + λθ̃): ref = lr, or while lr = 0 (a warmup) adam_lr (or 1)
+            lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
         sd = _state_dtype(params[0].dtype)
         work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
         theta = [p.astype(work) for p in params]
@@ -269,7 +272,8 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 new_ms.append(m)
                 new_vs.append(v)
                 new_bufs.append(buf)
-                u.append(o.astype(work) * _adjust(_muon["adjust_lr_fn"], params[k].shape))
+                o = o.astype(work) * _adjust(_muon["adjust_lr_fn"], params[k].shape)
+                u.append((muon_lr / lr) * o + (muon_lr / lr - 1) * weight_decay * theta[k])  # = o at lr = ref
                 continue
             gs = g.astype(sd)  # torch's Adam: lerp, addcmul, sqrt(v)/sqrt(bc2) + eps
             m = m + (1 - b1) * (gs - m)
