@@ -43,7 +43,8 @@ def _bind_mlp(params):
 
 def test_explicit_specs_are_checked_on_the_apply_function():
     """A square kernel used as ``x @ W`` (flax's (in, out)) bound as (out, in): refused with the change;
-    as stored it needs a transposed view, which the JAX binder refuses by name (never silently)."""
+    bound transposed (``TensorView(..., transpose=True)``) it is checked, and ddc_adam is equivariant."""
+    jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(3)
     p = {k: jnp.asarray(rng.normal(size=s)) for k, s in
          {"w1": (4, 4), "b1": (4,), "w2": (4, 2)}.items()}
@@ -60,8 +61,21 @@ def test_explicit_specs_are_checked_on_the_apply_function():
         gj.bind(square, wrong, apply=apply, example=(x,))
     transposed = [gj.GaugeSpec("relu_rescale.anchor", {"W_in": gj.TensorView("w1", transpose=True), "b_in": "b1",
                                                        "W_out": gj.TensorView("w2", transpose=True)})]
-    with pytest.raises(GaugeError, match="flax kernel stored .in, out. cannot be bound here"):
-        gj.bind(square, transposed, apply=apply, example=(x,))
+    binding = gj.bind(square, transposed, apply=apply, example=(x,))  # (in, out) bound as such: checked
+    # ddc_adam on it is equivariant under the hand-written rescale (w1[:, k]·s_k, b1[k]·s_k, w2[k, :]/s_k)
+    s = jnp.exp(jnp.asarray(rng.normal(size=4)))
+    moved = {"w1": square["w1"] * s[None, :], "b1": square["b1"] * s, "w2": square["w2"] / s[:, None]}
+    tx = gj.ddc_adam(1e-2, weight_decay=0.1, gauges=binding)
+    pa, pb, sa, sb = square, moved, tx.init(square), tx.init(moved)
+    loss = lambda q, x: jnp.sum(apply(q, x) ** 2)  # noqa: E731
+    for step in range(5):
+        xs = jnp.asarray(np.random.default_rng(step).normal(size=(6, 4)))
+        ua, sa = tx.update(jax.grad(loss)(pa, xs), sa, pa)
+        ub, sb = tx.update(jax.grad(loss)(pb, xs), sb, pb)
+        pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+    image = {"w1": pa["w1"] * s[None, :], "b1": pa["b1"] * s, "w2": pa["w2"] / s[:, None]}
+    dev = max(float(jnp.abs(pb[k] - image[k]).max() / jnp.abs(image[k]).max()) for k in image)
+    assert dev < 1e-12, dev
     with pytest.raises(GaugeError, match="explicit specs are checked on the model"):
         gj.bind(square, wrong)
     ok = _bind_mlp(_mlp_params(dtype=jnp.float64))

@@ -14,7 +14,7 @@ import jax
 
 from gaugemath.errors import GaugeError
 
-from .._spec import GaugeSpec, check_balance_frames, resolve
+from .._spec import GaugeSpec, Layout, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import JaxFamily
 
@@ -37,18 +37,39 @@ class JaxBinding:
 
     paths: tuple[str, ...]
     families: tuple[JaxFamily, ...]
+    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            n = len(self.paths)
+            object.__setattr__(self, "layout", Layout((False,) * n, (None,) * n, ()))
+
+    def entry_names(self) -> list[str]:
+        names = list(self.paths)
+        return names + [f"{names[i]}[rows {a}:{b}]" for i, a, b in self.layout.views]
+
+    def act(self, g: list, leaves: list, covector: bool = False, only=None) -> list:
+        """``g·leaves`` (stored layout, binding order; ``covector``: the gradient's rule), a new list."""
+        from .layout import entries, from_work, sync, to_work
+
+        ents = entries(self.layout, to_work(self.layout, leaves))
+        for f, (fam, h) in enumerate(zip(self.families, g)):
+            if only is None or f in only:
+                ents = sync(self.layout, ents, fam.act(h, ents, covector=covector))
+        return [from_work(self.layout, i, ents[i]) for i in range(len(leaves))]
 
     def gauge_of(self, path: str) -> str:
         if path not in self.paths:
             return "none"
         idx = self.paths.index(path)
         return ",".join(dict.fromkeys(f.family.gauge for f in self.families
-                                      if any(i == idx for _, i in f.members()))) or "none"
+                                      if any(self.layout.base(i) == idx for _, i in f.members()))) or "none"
 
     def __str__(self) -> str:
         lines = [f"JaxBinding: {len(self.families)} orbit families on {len(self.paths)} leaves"]
+        names = self.entry_names()
         for f in self.families:
-            roles = "; ".join(f"{r}: " + ", ".join(self.paths[i] for i in idx) for r, idx in f.roles.items())
+            roles = "; ".join(f"{r}: " + ", ".join(names[i] for i in idx) for r, idx in f.roles.items())
             lines.append(f"  {f.name:32s} {f.family.key:24s} {f.units:5d} units  [{roles}]")
         return "\n".join(lines)
 
@@ -67,12 +88,9 @@ def bind(params, specs: Sequence[GaugeSpec], *, apply=None, example: Sequence = 
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
     order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
-    if not layout.plain:
-        raise GaugeError("bind", ", ".join(order), "the JAX binder takes leaves as stored (no transposed or "
-                         "row-selected TensorView yet): a flax kernel stored (in, out) cannot be bound here")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
     check_balance_frames(fams)
-    binding = JaxBinding(tuple(order), fams)
+    binding = JaxBinding(tuple(order), fams, layout)
     if check:
         if apply is None:
             raise GaugeError("bind", ", ".join(order[:3]), "explicit specs are checked on the model: pass apply=fn "

@@ -56,10 +56,13 @@ def _element(binding, dtype) -> list:
 
 
 def _act(binding, g, leaves: list, only=None) -> list:
-    for f, (fam, h) in enumerate(zip(binding.families, g)):
-        if only is None or f in only:
-            leaves = fam.act(h, leaves)
-    return leaves
+    return binding.act(g, leaves, only=only)
+
+
+def _entries(binding, leaves: list) -> list:
+    from .layout import entries, to_work
+
+    return entries(binding.layout, to_work(binding.layout, leaves))
 
 
 def check_binding(binding, params, apply: Callable, example: Sequence, loss: Callable | None = None) -> str:
@@ -89,11 +92,12 @@ def check_binding(binding, params, apply: Callable, example: Sequence, loss: Cal
                                  f"{c:.1e} (relative) under a random group element (tolerance {tol:.1e})")
     weights = [jnp.asarray(np.random.default_rng(1).standard_normal(t.shape), dtype=t.dtype) for t in ref]
     grads = jax.grad(lambda p: sum((t * w).sum() for t, w in zip(outputs(p), weights)))(params)
-    grad = _leaves_of(grads, binding.paths)
+    grad = _entries(binding, _leaves_of(grads, binding.paths))
+    theta_e = _entries(binding, theta)
     worst = 0.0
     for fam in binding.families:
-        c = jnp.abs(fam.coords(theta, grad))
-        floor = fam.noise_floor(theta, grad, tol)
+        c = jnp.abs(fam.coords(theta_e, grad))
+        floor = fam.noise_floor(theta_e, grad, tol)
         ratio = float((c / (floor / tol + jnp.finfo(floor.dtype).tiny)).max())
         worst = max(worst, ratio)
         if bool((c > floor).any()):
@@ -121,6 +125,9 @@ def _gap(x, y) -> float:
 
 
 def _canonical(binding, leaves: list) -> list:
+    from .layout import sync
+
+    ents = _entries(binding, leaves)
     for fam in binding.families:
-        leaves = fam.act(fam.frame(leaves), leaves)
-    return leaves
+        ents = sync(binding.layout, ents, fam.act(fam.frame(ents), ents))
+    return ents[: len(leaves)]

@@ -26,6 +26,7 @@ import optax
 from gaugemath.errors import GaugeError
 
 from .binding import JaxBinding, _key
+from .layout import entries, from_work, sync, to_work, to_work_one
 from .projection import Projector
 
 VERTICAL = ("freeze", "sgd", "adam")
@@ -124,7 +125,9 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         raise ValueError(f"nonfinite={nonfinite!r}: choose from ('skip', 'raise')")
     binding = gauges if gauges is not None else JaxBinding((), ())
     veps = eps if vertical_eps is None else vertical_eps
-    projector = Projector(list(binding.families), list(binding.paths)) if binding.families else None
+    lay = binding.layout
+    projector = Projector(list(binding.families), binding.entry_names(),
+                          [lay.base(i) for i in range(len(binding.entry_names()))]) if binding.families else None
 
     def leaves_by_path(tree, what):
         flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -244,13 +247,16 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
         sd = _state_dtype(params[0].dtype)
         work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-        theta = [p.astype(work) for p in params]
-        grad = [g.astype(work) for g in grads]
+        n = len(params)
+        theta = entries(lay, to_work(lay, params, work))
+        grad = entries(lay, to_work(lay, grads, work))
+        ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
+        bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
         frames = []
         for fam in fams:
             h = fam.frame(theta)
-            theta = fam.act(h, theta)
-            grad = fam.act(h, grad, covector=True)
+            theta = sync(lay, theta, fam.act(h, theta))
+            grad = sync(lay, grad, fam.act(h, grad, covector=True))
             frames.append(h)
         fact = projector.factor(theta)
         rtol = math.sqrt(float(jnp.finfo(params[0].dtype).eps)) if vertical_rtol is None else vertical_rtol
@@ -260,7 +266,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             rhs_g.append(jnp.where(jnp.abs(c) <= fam.noise_floor(theta, grad, rtol), 0.0, c)[..., None])
         coef_g = projector.solve(fact, rhs_g)
         for fam, c in zip(fams, coef_g):
-            grad = fam.lift(c[..., 0], theta, grad, alpha=-1.0)
+            grad = sync(lay, grad, fam.lift(c[..., 0], theta, grad, alpha=-1.0))
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         new_ms, new_vs, u, new_bufs = [], [], [], []
         for k, (m, v, g) in enumerate(zip(ms, vs, grad)):
@@ -288,10 +294,11 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             if _muon is not None:  # lr (u + λθ̃) = adam_lr (d + λ_a θ̃)
                 d = (alr / lr) * (d + awd * theta[k]) - weight_decay * theta[k]
             u.append(d)
+        u = entries(lay, u)
         rhs = [jnp.stack([a, b], axis=-1) for a, b in zip([f.coords(theta, u) for f in fams],
                                                           [f.coords(theta, theta) for f in fams])]
         coef = projector.solve(fact, rhs)
-        delta = [x + weight_decay * th for x, th in zip(u, theta)]
+        delta = entries(lay, [x + weight_decay * th for x, th in zip(u[:n], theta[:n])])
         new_vert = []
         for f, fam in enumerate(fams):
             a = -(coef[f][..., 0] + weight_decay * coef[f][..., 1])
@@ -301,11 +308,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 step, mv = _vertical_adam(fam, fact["grams"][f], coef_g[f][..., 0], vert_state[f], bc1, bc2, sd)
                 new_vert.append(mv)
                 a = a + step + weight_decay * coef[f][..., 1]
-            delta = fam.lift(a, theta, delta)
-        theta = [th - lr * d for th, d in zip(theta, delta)]
+            delta = sync(lay, delta, fam.lift(a, theta, delta))
+        theta = entries(lay, [th - lr * d for th, d in zip(theta[:n], delta[:n])])
         for fam, h in zip(reversed(fams), reversed(frames)):
-            theta = fam.act(h, theta, inverse=True)
-        return theta, new_ms, new_vs, (tuple(new_vert) if vertical == "adam" else vert_state), new_bufs
+            theta = sync(lay, theta, fam.act(h, theta, inverse=True))
+        back = lambda xs: [x if x is None else from_work(lay, k, x) for k, x in enumerate(xs)]  # noqa: E731
+        return (back(theta[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
+                back(new_bufs))
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
         if fam.kind == "head":

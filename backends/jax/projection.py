@@ -14,9 +14,9 @@ from .._coupling import Coupling
 
 
 class Projector:
-    def __init__(self, families, names):
+    def __init__(self, families, names, bases=None):
         self.families = families
-        self.coupling = Coupling(families, names)
+        self.coupling = Coupling(families, names, bases)
 
     def factor(self, theta) -> dict:
         grams = [fam.gram(theta) for fam in self.families]
