@@ -38,6 +38,8 @@ class JaxBinding:
     paths: tuple[str, ...]
     families: tuple[JaxFamily, ...]
     layout: Layout | None = None
+    refusals: tuple = ()
+    checked: str = ""
 
     def __post_init__(self) -> None:
         if self.layout is None:
@@ -45,7 +47,7 @@ class JaxBinding:
             object.__setattr__(self, "layout", Layout((False,) * n, (None,) * n, ()))
 
     def entry_names(self) -> list[str]:
-        names = list(self.paths)
+        names = [p + (".T" if t else "") for p, t in zip(self.paths, self.layout.transpose)]
         return names + [f"{names[i]}[rows {a}:{b}]" for i, a, b in self.layout.views]
 
     def act(self, g: list, leaves: list, covector: bool = False, only=None) -> list:
@@ -71,31 +73,85 @@ class JaxBinding:
         for f in self.families:
             roles = "; ".join(f"{r}: " + ", ".join(names[i] for i in idx) for r, idx in f.roles.items())
             lines.append(f"  {f.name:32s} {f.family.key:24s} {f.units:5d} units  [{roles}]")
+        if self.checked:
+            lines.append(f"  checked: {self.checked}")
+        lines += [f"  refused: {r}" for r in self.refusals]
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
-def bind(params, specs: Sequence[GaugeSpec], *, apply=None, example: Sequence = (), loss=None,
+def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, example: Sequence = (), loss=None,
          check: bool = True) -> JaxBinding:
-    """Bind the leaves of ``params`` named in ``specs`` (errors name the leaf path and gauge).
+    """Bind the leaves of ``params`` to gauges (errors name the leaf path and gauge).
 
-    ``apply(params, *example)`` (the model) and ``loss`` (its output → what training keeps invariant;
-    default: the whole output) check every family on the model (:mod:`.check`): a spec that is not a
-    symmetry raises a :class:`GaugeError` with the measured change. ``check=False`` binds unchecked
-    (the catalogue's own constructions, or shapes only, as in ``jax.eval_shape``).
+    Args:
+        params: the parameter pytree (leaf paths joined by ``.``).
+        specs: explicit :class:`GaugeSpec` s; ``None`` detects them from the jaxpr of
+            ``loss(apply(params, *example))`` with the same detector as the torch binder
+            (:mod:`gaugemath.structure.jax_trace`).
+        apply, example: the model (``apply(params, *example) -> output``) and an input batch; every
+            family is checked on them (:mod:`.check`).
+        loss: what training keeps invariant: ``None`` (the whole output), ``"cross_entropy"``
+            (``log_softmax`` of the output: admits the logit shift), or a callable ``output -> array``.
+        check: ``False`` binds explicit specs unchecked (the catalogue's own constructions, or shapes
+            only, as in ``jax.eval_shape``).
+
+    Detected families that fail the check are refused (listed in ``refusals``); explicit specs that
+    fail raise a :class:`GaugeError` with the measured change.
     """
+    target = _target(loss)
+    refusals: list = []
+    if specs is None:
+        if apply is None:
+            raise GaugeError("bind", "params", "detection traces the model: pass apply=fn and example=(...)")
+        from gaugemath.structure.detect import detect
+        from gaugemath.structure.jax_trace import trace
+
+        from .._compose import compose, spec_of
+
+        found = detect(trace(apply, params, tuple(example), target))
+        specs, refused = compose([spec_of(p) for p in found.proposals], FAMILIES)
+        refusals = list(found.refusals) + refused
+        while True:
+            try:
+                binding = _bind(params, specs, apply, example, target, check)
+                break
+            except GaugeError as e:  # a detected family that is not a gauge of this model: refused
+                bad = [s for s in specs if s.name == e.block]
+                if not bad:
+                    raise
+                from gaugemath.structure.detect import Refusal
+
+                refusals.append(Refusal(e.gauge, e.block, e.reason))
+                specs = [s for s in specs if s is not bad[0]]
+        return JaxBinding(binding.paths, binding.families, binding.layout, tuple(refusals), binding.checked)
+    return _bind(params, specs, apply, example, target, check)
+
+
+def _target(loss):
+    if callable(loss):
+        return loss
+    if loss == "cross_entropy":
+        return lambda out: jax.nn.log_softmax(out, axis=-1)
+    if loss is None:
+        return None
+    raise ValueError(f"loss={loss!r}: pass None, 'cross_entropy' or a callable output -> array")
+
+
+def _bind(params, specs, apply, example, target, check) -> JaxBinding:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
     order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
     check_balance_frames(fams)
     binding = JaxBinding(tuple(order), fams, layout)
-    if check:
+    if check and fams:
         if apply is None:
             raise GaugeError("bind", ", ".join(order[:3]), "explicit specs are checked on the model: pass apply=fn "
                              "(fn(params, *example) -> output) and example=(...), or check=False to bind unchecked")
         from .check import check_binding
 
-        check_binding(binding, params, apply, tuple(example), loss)
+        summary = check_binding(binding, params, apply, tuple(example), target)
+        binding = JaxBinding(binding.paths, binding.families, binding.layout, (), summary)
     return binding

@@ -21,8 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from gaugemath.errors import GaugeError
-from gaugemath.structure.detect import Proposal, Refusal
+from gaugemath.structure.detect import Refusal
 
+from .._compose import compose as _compose
+from .._compose import spec_of as _spec_of
+from .._compose import spec_of_family  # noqa: F401  (re-exported for .check)
 from .._spec import GaugeSpec, Layout, TensorView, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import BoundFamily
@@ -51,7 +54,7 @@ class Binding:
     # ------------------------------------------------------------- layout
     def entry_names(self) -> list[str]:
         """A display name per entry (parameters, then row views)."""
-        names = [n for n, _ in self.params]
+        names = [n + (".T" if t else "") for (n, _), t in zip(self.params, self.layout.transpose)]
         for i, start, stop in self.layout.views:
             names.append(f"{names[i]}[rows {start}:{stop}]")
         return names
@@ -196,113 +199,12 @@ def _build(model: nn.Module, specs: Sequence[GaugeSpec], prefix: str = "") -> Bi
     return Binding(params, fams, layout, model_numel=sum(p.numel() for p in model.parameters()))
 
 
-#: Overlaps of two families on one parameter whose composite frame is proved (``proofs/transformer_block.md``):
-#: (family key prefix, axis) pairs, the first canonicalised first (:data:`~gaugemath.backends._spec.ORDER`).
-PROVED_OVERLAPS = (
-    (("norm_scale", "cols"), ("head_rotation", "rows")),
-    (("norm_scale", "cols"), ("relu_rescale.anchor", "rows")),
-    (("norm_scale", "cols"), ("swiglu_rescale.anchor", "rows")),
-    (("norm_scale", "cols"), ("ce_shift", "cols")),
-)
-
-
-def _axes(spec: GaugeSpec, key: str) -> dict[str, str]:
-    """parameter → axis the family acts on (``rows``/``cols``/``all``)."""
-    fam = FAMILIES[key]
-    out = {}
-    for s in fam.slices:
-        given = spec.roles.get(s.role)
-        for v in [] if given is None else [given] if isinstance(given, (str, TensorView)) else given:
-            name = v.param if isinstance(v, TensorView) else v
-            out[name] = "rows" if fam.kind in ("plane", "head") else s.axis
-    return out
-
-
-def spec_of_family(name: str, specs: Sequence[GaugeSpec]) -> GaugeSpec:
-    """The spec a bound family came from (families are named ``spec.name``, or their key)."""
-    return next(s for s in specs if name == s.name or (not s.name and name in _keys(s)))
-
-
-def _keys(spec: GaugeSpec) -> list[str]:
-    if spec.family == "ce_shift":
-        return ["ce_shift.W"] + (["ce_shift.b"] if "b" in spec.roles else [])
-    return [spec.family]
-
-
-def _proved(a: tuple[str, str], b: tuple[str, str]) -> bool:
-    return any(a[0].startswith(x[0]) and a[1] == x[1] and b[0].startswith(y[0]) and b[1] == y[1]
-               or b[0].startswith(x[0]) and b[1] == x[1] and a[0].startswith(y[0]) and a[1] == y[1]
-               for x, y in PROVED_OVERLAPS)
-
-
-def compose(specs: Sequence[GaugeSpec], frames: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
-    """Keep the specs whose overlaps with the specs kept before them are proved compositions.
-
-    Taken in canonicalisation order (:data:`ORDER`, then as given); a spec whose parameter another
-    kept spec acts on, in a pattern not in :data:`PROVED_OVERLAPS`, is refused with both named.
-    ``frames``: a unit rescale that overlaps nothing is given the balance frame (the anchor frame
-    otherwise); explicit specs keep the frame they name.
-    """
-    from .._spec import ORDER
-
-    unknown = [s for s in specs if any(k not in FAMILIES for k in _keys(s))]
-    if unknown:
-        return list(specs), []  # resolve() names the unknown family
-    ranked = sorted(specs, key=lambda s: ORDER.index(FAMILIES[_keys(s)[0]].gauge))
-    kept: list[tuple[GaugeSpec, dict[str, str]]] = []
-    refusals: list[Refusal] = []
-    for spec in ranked:
-        axes = _axes(spec, _keys(spec)[0])
-        for k in _keys(spec)[1:]:
-            axes.update(_axes(spec, k))
-        clash = None
-        for other, oaxes in kept:
-            for name in set(axes) & set(oaxes):
-                if not _proved((other.family, oaxes[name]), (spec.family, axes[name])):
-                    clash = (other, name)
-                    break
-            if clash:
-                break
-        if clash:
-            other, name = clash
-            refusals.append(Refusal(FAMILIES[_keys(spec)[0]].gauge, spec.name,
-                                    f"{name} is also acted on by {other.name} ({other.family}); the composite frame "
-                                    f"of {other.family} ({oaxes_of(other, name)}) and {spec.family} "
-                                    f"({axes[name]}) on one tensor is not proved"))
-            continue
-        kept.append((spec, axes))
-    out = []
-    for spec, axes in kept:
-        unit = spec.family.split(".")[0] in ("relu_rescale", "swiglu_rescale")
-        if frames and unit and spec.family.endswith(".anchor"):
-            if not any(o is not spec and set(axes) & set(oa) for o, oa in kept):
-                spec = replace(spec, family=spec.family.replace(".anchor", ".balance"))
-        out.append(spec)
-    return out, refusals
-
-
-def oaxes_of(spec: GaugeSpec, name: str) -> str:
-    return _axes(spec, _keys(spec)[0]).get(name, "?")
-
-
-def _spec_of(p: Proposal) -> GaugeSpec:
-    """The proposal as a :class:`GaugeSpec`: a view that is a whole stored parameter is its name; a
-    norm's consumers are a list, other single-tensor roles a name (the explicit specs' convention)."""
-
-    def simple(role: str, vs: list[TensorView]):
-        out = [v.param if v.rows is None and not v.transpose else v for v in vs]
-        return out if len(out) > 1 or (role == "W" and p.kind.startswith("norm_scale")) else out[0]
-
-    roles: dict[str, Any] = {r: simple(r, vs) for r, vs in p.roles.items()}
-    if p.kind == "unit_rescale":
-        if "b_in" in roles:
-            return GaugeSpec("relu_rescale.anchor", roles, name=p.name)
-        return GaugeSpec("swiglu_rescale.anchor", {"W_up": roles["W_in"], "W_down": roles["W_out"]}, name=p.name)
-    name = f"{p.name}: gain" if p.kind.startswith("norm_scale") else p.name
-    return GaugeSpec(p.kind, roles, name=name, d_head=p.d_head)
-
-
 # ----------------------------------------------------------------------- wrappers, targets
+def compose(specs: Sequence[GaugeSpec], frames: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
+    """:func:`gaugemath.backends._compose.compose` with the torch backend's families."""
+    return _compose(specs, FAMILIES, frames)
+
+
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
     """The module that computes (``torch.compile``'s ``_orig_mod``, DDP/FSDP/DataParallel ``.module``)
     and the prefix its parameter names have in the wrapper."""

@@ -49,7 +49,7 @@ MOVES = frozenset({
     "view", "reshape", "_unsafe_view", "transpose", "permute", "t", "unsqueeze", "squeeze", "expand", "expand_as",
     "contiguous", "clone", "alias", "detach", "detach_", "slice", "select", "split", "split_with_sizes", "chunk",
     "unbind", "getitem", "unflatten", "flatten", "narrow", "movedim", "repeat_interleave", "repeat", "cat", "stack",
-    "lift_fresh_copy", "_reshape_alias", "as_strided",
+    "lift_fresh_copy", "_reshape_alias", "as_strided", "broadcast_in_dim", "rev",
 })
 #: value-preserving casts: the tag passes unchanged (running them would cast the tags)
 CASTS = frozenset({"to", "_to_copy", "type_as", "_to_dtype", "to_dtype", "to_dtype_layout"})
@@ -438,6 +438,16 @@ def _rotations(graph: Graph, producers: list[_Producer]) -> tuple[list[Proposal]
                 else:
                     fail(node, [tags[a] for a in (q, k) if a in tags])
                 # the values (args[2]) are not rotated: no constraint on their rows
+            elif op == "dot_general" and len(tagged) == 2:  # JAX: scores contracted on the features
+                (lc, rc), (lb, rb) = node.params["dimension_numbers"]  # type: ignore[attr-defined]
+                q, k = tags[node.args[0]], tags[node.args[1]]
+                if len(lc) != 1 or len(rc) != 1:
+                    raise _Fail(node, "dot_general contracts several axes")
+                perm = [lambda t, b=b, c=c: list(b) + [d for d in range(t.dim()) if d not in (*b, *c)] + list(c)
+                        for b, c in ((lb, lc), (rb, rc))]
+                qp, kp = perm[0](q.a), perm[1](k.a)
+                sinks.append((node, _Rows(q.a.permute(qp), q.b.permute(qp)), _Rows(k.a.permute(kp), k.b.permute(kp)),
+                              False))
             elif op in ("matmul", "bmm", "baddbmm") and len(tagged) == 2:
                 q, kt = (node.args[0], node.args[1]) if op != "baddbmm" else (node.args[1], node.args[2])
                 if q in tags and kt in tags:
