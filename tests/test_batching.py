@@ -112,19 +112,34 @@ def test_batched_ddcmuon_is_the_per_family_step(variant):
     assert worst < 1e-12, worst
 
 
-def test_degenerate_orbit_in_a_batch_names_the_layer_family():
-    """A zero unit in layer 1's ReLU block: the error names that family, not the batch."""
+def test_degenerate_orbit_in_a_batch_is_stepped_like_the_single_families():
+    """A zero unit in layer 1's ReLU block (a normal state of training: weight decay drives rescale-symmetric
+    units there): identity frame and no vertical space for that unit, in the batched step as in the
+    single-family one (equal to 1e-12), the zero unit stays exactly zero, the rest moves."""
     torch.manual_seed(0)
-    model = tiny_gpt(norm="layernorm", mlp="relu")
+    model = tiny_gpt(norm="layernorm", mlp="relu").double()
     with torch.no_grad():
         model.blocks[1].mlp.fc_in.weight[3].zero_()
         model.blocks[1].mlp.fc_in.bias[3] = 0.0
         model.blocks[1].mlp.fc_out.weight[:, 3].zero_()
-    opt = DDCAdam(model.parameters(), binding=bind(model), lr=1e-2)
-    idx = torch.randint(0, 11, (2, 7))
-    model.loss(idx[:, :-1], idx[:, 1:]).backward()
-    with pytest.raises(Exception, match=r"blocks\.1\.mlp.*degenerate orbit at unit 3"):
-        opt.step()
+    runs = []
+    for batched in (True, False):
+        m = copy.deepcopy(model)
+        opt = DDCAdam(m.parameters(), binding=bind(m), lr=1e-2, weight_decay=0.1)
+        opt._batch_layers = batched
+        opt._plans = opt._plan()
+        for step in range(3):
+            idx = torch.randint(0, 11, (2, 7), generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            m.loss(idx[:, :-1], idx[:, 1:]).backward()
+            opt.step()
+        runs.append(m)
+    a, b = (dict(r.named_parameters()) for r in runs)
+    assert all(torch.isfinite(p).all() for p in a.values())
+    assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-12
+    assert float(a["blocks.1.mlp.fc_in.weight"][3].abs().max()) == 0.0
+    assert float(a["blocks.1.mlp.fc_out.weight"][:, 3].abs().max()) == 0.0
+    assert not torch.equal(a["blocks.1.mlp.fc_in.weight"], model.blocks[1].mlp.fc_in.weight)
 
 
 def test_batching_leaves_models_without_repeated_layers_alone():

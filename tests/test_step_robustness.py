@@ -107,3 +107,24 @@ def test_jax_ddc_muon_warmup_from_zero_lr():
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     assert all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_weight_decay_drives_dead_units_to_exact_zero_and_the_run_goes_on():
+    """Seed 002's collapse: units that get no gradient are shrunk by the decay each step (×(1 − lr·λ) = ×0.5)
+    until fp32 underflows them to exactly zero, where their frame is undefined; the run continues to the end."""
+    from gaugemath.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(4, 8, 3)
+    with torch.no_grad():
+        model.fc_in.bias[:3] = -100.0  # units 0-2: never active, no gradient
+    opt = DDCAdam(model.parameters(), binding=bind(model), lr=0.1, weight_decay=5.0)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(16, 3, generator=torch.Generator().manual_seed(2))
+    for _ in range(300):
+        opt.zero_grad()
+        (model(x) - y).pow(2).mean().backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    dead = torch.cat([model.fc_in.weight[:3].flatten(), model.fc_in.bias[:3], model.fc_out.weight[:, :3].flatten()])
+    assert float(dead.abs().max()) == 0.0  # reached the symmetric point exactly

@@ -406,15 +406,49 @@ def test_optimizer_errors_name_parameter_and_gauge():
         DDCAdam(model.parameters(), vertical="up")
 
 
-def test_degenerate_orbit_is_reported():
-    model = MLP(3, 4, 2).double()
-    with torch.no_grad():
-        model.fc_in.weight[1].zero_()
-        model.fc_in.bias[1] = 0.0
-    opt = DDCAdam(model.parameters(), binding=bind(model))
-    model(torch.randn(5, 3, dtype=torch.float64)).sum().backward()
-    with pytest.raises(GaugeError, match="gauge 'relu_rescale', block 'fc_in→fc_out'.*degenerate orbit at unit 1"):
-        opt.step()
+def test_degenerate_orbit_is_stepped_and_the_live_units_stay_equivariant():
+    """Issue 17: a unit with zero in- and out-weights (where weight decay drives rescale-symmetric units) has
+    no canonical frame. It is decided by invariants (a zero side of the unit), given the identity frame and
+    no vertical space; the step runs, the dead unit stays exactly zero, and under a hand-written rescale of
+    the *live* units the protocol holds (fp64), as AdamW's does not."""
+    def make():
+        torch.manual_seed(0)
+        m = MLP(3, 4, 2).double()
+        with torch.no_grad():
+            m.fc_in.weight[1].zero_()
+            m.fc_in.bias[1] = 0.0
+            m.fc_out.weight[:, 1].zero_()
+        return m
+
+    s = torch.tensor([2.0, 1.0, 0.5, 3.0], dtype=torch.float64)  # unit 1 (dead) untouched
+
+    def g(m):
+        with torch.no_grad():
+            m.fc_in.weight.mul_(s[:, None])
+            m.fc_in.bias.mul_(s)
+            m.fc_out.weight.div_(s[None, :])
+
+    def run(cls, **kw):
+        a, b = make(), make()
+        g(b)
+        oa, ob = (cls(m.parameters(), **(kw if cls is torch.optim.AdamW else dict(kw, binding=bind(m))))
+                  for m in (a, b))
+        worst = 0.0
+        for step in range(10):
+            x = torch.randn(6, 3, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+            for m, o in ((a, oa), (b, ob)):
+                o.zero_grad()
+                m(x).pow(2).sum().backward()
+                o.step()
+            image = copy.deepcopy(a)
+            g(image)
+            worst = max(worst, max(float((p - q).abs().max()) for p, q in zip(b.parameters(), image.parameters())))
+        return a, worst
+
+    a, dev = run(DDCAdam, lr=1e-2, weight_decay=0.1)
+    assert dev < 1e-12
+    assert float(a.fc_in.weight[1].abs().max()) == 0.0 and float(a.fc_out.weight[:, 1].abs().max()) == 0.0
+    assert run(torch.optim.AdamW, lr=1e-2, weight_decay=0.1)[1] > 1e-6
 
 
 def test_sparse_and_mismatched_gradients():

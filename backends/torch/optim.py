@@ -3,7 +3,8 @@
 One step on the gauge-bound tensors, all in the canonical dtype (``canonical_dtype``, fp64 by
 default; Adam moments in the parameter dtype, fp32 for bf16 parameters):
 
-1. ``θ̃ = h(θ)·θ`` and ``g̃ = D(h)^{-T} g``, family by family in binding order (the composed
+1. ``θ̃ = h(θ)·θ`` and ``g̃ = D(h)^{-T} g``, family by family in binding order (a unit whose frame is
+   undefined, :meth:`~.orbits.BoundFamily.degenerate`, takes the identity and no vertical space; the composed
    canonical frame proved in ``proofs/transformer_block.md``); in eager mode on the reference
    path, families repeated over layers run as one batch (:mod:`.batching`: the order of families
    that share a tensor is kept, so the frame is the same).
@@ -75,9 +76,9 @@ class DDCAdam(torch.optim.Optimizer):
             :class:`~gaugemath.GaugeError` naming the parameter and gauge, or ``"skip"`` the step,
             leaving parameters and state untouched. Either way the check is one host sync per
             step (one fused all-finite reduction); it is the only sync in ``step`` except the
-            degenerate-orbit check of ``"raise"`` on bound tensors. ``"unchecked"``: no check and
-            no sync, as ``torch.optim.AdamW`` (a non-finite gradient or a degenerate orbit then
-            makes non-finite parameters); the step is then one graph for
+            update check of ``"raise"`` on bound tensors. ``"unchecked"``: no check and
+            no sync, as ``torch.optim.AdamW`` (a non-finite gradient then makes non-finite
+            parameters); the step is then one graph for
             ``torch.compile(..., fullgraph=True)`` and CUDA graphs.
         kernels: ``"auto"`` (default, or the environment variable ``GAUGEMATH_KERNELS``): the generated
             Triton kernels for CUDA tensors when Triton imports, else the pure-torch reference path;
@@ -444,23 +445,28 @@ class DDCAdam(torch.optim.Optimizer):
         else:  # one work buffer; tensors and layer stacks are views of it
             theta_flat, theta = layout.buffer([p.detach() for p in params], work)
             grad = layout.buffer([g for _, g, _ in slots], work)[1]
-        frames = []
+        frames, masks = [], []
         for b in batches:  # 1. canonical coordinates, covector rule
             h = b.family.frame(theta)
+            mask = b.family.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
+            h = b.family.identity_where(mask, h)
             b.family.act_pair(h, theta, grad)
             frames.append(h)
+            masks.append(mask)
         grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
+        grams = [torch.where(b.family.unit_mask(m, g), _unit_gram(g), g) for b, m, g in zip(batches, masks, grams)]
+        c_theta = [_off(b, m, c) for b, m, c in zip(batches, masks, c_theta)]
         decays = plan["decays"]
         if decays is not None:  # per-tensor weight decay λ_t (param groups): the decay term is λ ⊙ θ̃
             decayed = entries(lay, torch._foreach_mul(theta[:n], list(decays)))
-            c_theta = [b.family.coords(theta, decayed) for b in batches]
+            c_theta = [_off(b, m, b.family.coords(theta, decayed)) for b, m in zip(batches, masks)]
             wd = 1.0
         grams, c_theta = _per_family(batches, grams, len(fams)), _per_family(batches, c_theta, len(fams))
-        fact = proj.factor(theta, grams)
+        fact = proj.factor(theta, grams, _per_family(batches, masks, len(fams)))
         rtol = group["vertical_rtol"]
         rtol = torch.finfo(params[0].dtype).eps ** 0.5 if rtol is None else rtol  # the gradient's resolution
         # vertical coordinates of g̃; round-off is not a signal (exact zero)
-        rhs_g = [b.family.vertical_rhs(theta, grad, rtol) for b in batches]
+        rhs_g = [_off(b, m, b.family.vertical_rhs(theta, grad, rtol)) for b, m in zip(batches, masks)]
         coef_g = proj.solve(fact, _stack(_per_family(batches, rhs_g, len(fams))))
         for b in batches:  # g̃ is not needed again: make it horizontal in place
             b.family.lift(b.join([coef_g[f][..., 0] for f in b.members]), theta, grad, alpha=-1.0)
@@ -471,7 +477,8 @@ class DDCAdam(torch.optim.Optimizer):
         else:
             u = entries(lay, [x if x.dtype == work else x.to(work) for x in u])
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
-        rhs = _stack(_per_family(batches, [b.family.coords(theta, u) for b in batches], len(fams)), c_theta)
+        rhs = _stack(_per_family(batches, [_off(b, m, b.family.coords(theta, u)) for b, m in zip(batches, masks)],
+                                 len(fams)), c_theta)
         coef = proj.solve(fact, rhs)
         if decays is not None:  # δ = u + λ ⊙ θ̃
             delta = entries(lay, torch._foreach_add(u[:n], decayed[:n]))
@@ -621,6 +628,18 @@ def step_count(state: dict) -> float | Tensor:
     loses five digits to cancellation at ``t = 1`` (β₂ = 0.999), which Adam's first, sign-like step
     turns into visible differences (measured: 2e-6 on a SwiGLU matrix of ``tiny_gpt``)."""
     return state["step"].to(torch.float64) if _compiling() else state["step"].item()
+
+
+def _off(b: Batch, mask: Tensor, coords: Tensor) -> Tensor:
+    """Vertical coordinates with those of degenerate units set to zero (they have no vertical space)."""
+    return torch.where(b.family.unit_mask(mask, coords), torch.zeros_like(coords), coords)
+
+
+def _unit_gram(g: Tensor) -> Tensor:
+    """The Gram block of a unit without vertical space: 1 (heads: the identity), so its solve gives 0."""
+    if g.dim() == 3:
+        return torch.eye(g.shape[-1], dtype=g.dtype, device=g.device).expand_as(g)
+    return torch.ones_like(g)
 
 
 def _per_family(batches: list[Batch], outputs, count: int) -> list[Tensor]:

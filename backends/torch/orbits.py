@@ -166,6 +166,50 @@ class BoundFamily:
         f = self.family.frame
         return f(**self._stats(self.family.stats["frame"], theta))
 
+    def degenerate(self, theta: list[Tensor], h) -> Tensor:
+        """Units whose canonical frame is undefined at ``θ``, ``(units,)`` bool, decided by quantities
+        the group leaves unchanged: a scale unit whose slices on one side are all zero (``Σ`` over the
+        roles of exponent ``+1`` or of ``−1``: zero at ``θ`` iff zero at ``g·θ``), a RoPE plane whose
+        anchor rows are zero, a head whose rows do not span ``d_head`` dimensions (the pivoted
+        Gram–Schmidt fails exactly then); and, for the rare point where the frame's own arithmetic
+        overflows, a non-finite or zero frame. Seed 002's symmetry-induced collapse drives training to
+        exactly these points (weight decay zeroes rescale-symmetric units)."""
+        if self.kind == "translate":
+            return torch.zeros(self.units, dtype=torch.bool, device=theta[0].device)
+        if self.kind == "head":
+            return ~torch.isfinite(h).reshape(self.units, -1).all(1)
+        if self.kind == "plane":
+            a0, a1 = self._anchor_entries(theta[self.roles[self.family.slices[0].role][0]], 0)
+            c, sn = h
+            return ((a0 == 0) & (a1 == 0)) | ~torch.isfinite(c) | ~torch.isfinite(sn)
+        sides: dict[int, Tensor] = {}
+        for s, i in self.members():
+            t = theta[i]
+            v = _reduce(t * t, s.axis) if self.kind == "scale" else None
+            key = s.exponent > 0
+            sides[key] = v if key not in sides else sides[key] + v
+        bad = ~torch.isfinite(h) | (h == 0)
+        for v in sides.values():
+            bad = bad | (v == 0)
+        return bad
+
+    def identity_where(self, mask: Tensor, h):
+        """The frame with the identity element on the ``mask`` ed units."""
+        if self.kind == "scale":
+            return torch.where(mask, torch.ones_like(h), h)
+        if self.kind == "translate":
+            return h
+        if self.kind == "plane":
+            c, sn = h
+            return torch.where(mask, torch.ones_like(c), c), torch.where(mask, torch.zeros_like(sn), sn)
+        eye = torch.eye(self.d_head, dtype=h.dtype, device=h.device).expand_as(h)
+        return torch.where(mask[:, None, None], eye, h)
+
+    @staticmethod
+    def unit_mask(mask: Tensor, value: Tensor) -> Tensor:
+        """``mask`` broadcast against a per-unit value ``(units, …)``."""
+        return mask.reshape(mask.shape[0], *([1] * (value.dim() - 1)))
+
     def act(self, h, ts: list[Tensor], inverse: bool = False, covector: bool = False) -> None:
         """In place: ``t ← h·t`` (``inverse``: ``h⁻¹·t``; ``covector``: ``D(h)^{-T} t``)."""
         for s, i in self.members():

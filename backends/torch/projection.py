@@ -36,11 +36,13 @@ class Projector:
         self.components = self.coupling.components
 
     # ---------------------------------------------------------------- per step
-    def factor(self, theta: list[Tensor], grams: list[Tensor] | None = None) -> dict:
+    def factor(self, theta: list[Tensor], grams: list[Tensor] | None = None,
+               masks: list[Tensor] | None = None) -> dict:
         """Everything that depends on ``θ̃`` only: Gram diagonals (computed unless given),
         eigendecompositions, Schur factors. ``"info"`` holds, per coupled component, Cholesky's
         status (``0``: positive definite); it is not checked here, which would be a host sync per
-        component, but with the update (``DDCAdam(nonfinite="raise")``)."""
+        component, but with the update (``DDCAdam(nonfinite="raise")``). ``masks[f]``: units without
+        vertical space (degenerate orbits), decoupled from their partners."""
         grams = [fam.gram(theta) for fam in self.families] if grams is None else grams
         heads = {f: torch.linalg.eigh(grams[f]) for f, fam in enumerate(self.families) if fam.kind == "head"}
         schur, infos = [], []
@@ -54,6 +56,10 @@ class Projector:
                 sq = t * t if a_rows else (t * t).T
                 sa, sb = off_a[fa], off_b[fb]
                 e[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units] += w * sq
+            if masks is not None:  # a degenerate unit couples to nothing
+                keep_a = ~torch.cat([masks[f] for f in comp.side_a])
+                keep_b = ~torch.cat([masks[f] for f in comp.side_b])
+                e = e * keep_a[:, None] * keep_b[None, :]
             s = torch.diag(d_a) - (e / d_b) @ e.T
             chol, info = torch.linalg.cholesky_ex(s)  # no host sync; ``info`` is checked with the update
             schur.append((e, d_b, chol, off_a, off_b))
