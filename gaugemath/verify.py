@@ -125,6 +125,13 @@ def _dtype(model):
     return next(model.parameters()).dtype
 
 
+def worse(worst: float, dev: float) -> float:
+    """The larger deviation, a NaN winning (``max(0.1, nan)`` is 0.1: a NaN run would pass)."""
+    if worst != worst:  # already NaN
+        return worst
+    return dev if not dev <= worst else worst
+
+
 def random_element(binding, gen, dtype, spread: float = 1.5):
     """A random group element, one entry per family, in the form ``BoundFamily.act`` takes (any backend's
     binding with ``families``): scales ``exp(U(-spread, spread))``, translations ``N(0, 1)``, plane angles
@@ -216,7 +223,7 @@ def run_protocol(construction: Construction, optimizer: str = "ddc_adam", dtype:
             _act_all(binding, g, image)
             num = sum(float((p.detach() - q).pow(2).sum()) for (_, p), q in zip(binding_b.params, image))
             den = sum(float(q.pow(2).sum()) for q in image)
-            worst = max(worst, math.sqrt(num / den))
+            worst = worse(worst, math.sqrt(num / den))
             if history is not None:
                 history.append(math.sqrt(num / den))
     return worst
@@ -287,7 +294,7 @@ def run_protocol_jax(construction: Construction, optimizer: str = "ddc_adam", dt
         image = act(params_a)
         num = sum(float(jnp.sum((params_b[p] - image[p]) ** 2)) for p in binding.paths)
         den = sum(float(jnp.sum(image[p] ** 2)) for p in binding.paths)
-        worst = max(worst, math.sqrt(num / den))
+        worst = worse(worst, math.sqrt(num / den))
     return worst
 
 

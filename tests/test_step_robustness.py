@@ -128,3 +128,13 @@ def test_weight_decay_drives_dead_units_to_exact_zero_and_the_run_goes_on():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     dead = torch.cat([model.fc_in.weight[:3].flatten(), model.fc_in.bias[:3], model.fc_out.weight[:, :3].flatten()])
     assert float(dead.abs().max()) == 0.0  # reached the symmetric point exactly
+
+
+def test_protocol_keeps_a_nan_deviation():
+    """``verify.run_protocol`` kept ``max(worst, dev)``, which drops a NaN (``max(0.1, nan)`` is 0.1)."""
+    import math
+
+    from gaugemath.verify import worse
+
+    assert math.isnan(worse(0.1, float("nan"))) and math.isnan(worse(worse(0.0, float("nan")), 0.2))
+    assert worse(0.1, 0.3) == 0.3 and worse(0.3, 0.1) == 0.3

@@ -190,8 +190,8 @@ class DDCAdam(torch.optim.Optimizer):
                 for key in self.SHARED:
                     if self.param_groups[g].get(key) != self.param_groups[first].get(key):
                         raise GaugeError(f.family.gauge, f.name, f"its tensors are in param groups {first} and {g} "
-                                         f"with different {key} ({self.param_groups[first][key]} vs "
-                                         f"{self.param_groups[g][key]}); only weight_decay may differ within a gauge")
+                                         f"with different {key} ({self.param_groups[first].get(key)} vs "
+                                         f"{self.param_groups[g].get(key)}); they must agree within a gauge")
         return [root(g) for g in range(len(self.param_groups))]
 
     def _name_of(self, p: Tensor) -> str:
@@ -249,15 +249,35 @@ class DDCAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for index, group in enumerate(self.param_groups):
-            tensors: list[Tensor] = []
-            layout = self._init_group(group, index, tensors)
-            free, bound = _slots(tensors, layout)
-            if self.nonfinite != "unchecked" and not self._all_finite(group, free + bound):
-                continue  # nonfinite="skip": parameters and state untouched
-            self._adamw(group, free)
-            if bound:
-                self._ddc(group, self._plans[index], bound)
+        fresh = [p for g in self.param_groups for p in g["params"] if not self.state.get(p)]
+        journal = _Journal() if self.nonfinite != "unchecked" and not _compiling() else None
+        try:
+            ready = []
+            for index, group in enumerate(self.param_groups):
+                tensors: list[Tensor] = []
+                layout = self._init_group(group, index, tensors)
+                free, bound = _slots(tensors, layout)
+                if self.nonfinite != "unchecked" and not self._all_finite(group, free + bound):
+                    continue  # nonfinite="skip": this group's parameters and state untouched
+                ready.append((index, group, free, bound))
+            several = sum(1 for *_, bound in ready if bound) > 1
+            for index, group, _, bound in ready:  # the steps that can still fail, first
+                if bound:
+                    if journal is not None:  # what _ddc writes before its update check
+                        journal.save([t for _, _, st in bound for t in st.values()])
+                        if several:  # an earlier group's committed parameters, if a later group fails
+                            journal.save([p for p, _, _ in bound])
+                    self._ddc(group, self._plans[index], bound)
+            for _, group, free, _ in ready:
+                self._adamw(group, free)
+        except BaseException as error:  # all or nothing: parameters and state as before the step
+            if journal is not None:
+                journal.restore()
+            for p in fresh:
+                self.state.pop(p, None)
+            if isinstance(error, _SkipStep):
+                return loss
+            raise
         return loss
 
     def _init_group(self, group: dict, index: int, tensors: list[Tensor]) -> tuple:
@@ -505,7 +525,7 @@ class DDCAdam(torch.optim.Optimizer):
             torch._foreach_add_(theta[:n], delta[:n], alpha=-lr)
         for b, h in zip(reversed(batches), reversed(frames)):
             b.family.act(h, theta, inverse=True)
-        if self.nonfinite == "raise":
+        if self.nonfinite != "unchecked":
             self._check_update(theta[:n], plan, batches, frames, fact["info"])
         for k, (p, t) in enumerate(zip(params, theta[:n])):
             p.copy_(stored(lay, k, t))
@@ -554,11 +574,16 @@ class DDCAdam(torch.optim.Optimizer):
                       infos: list[Tensor]) -> None:
         """One host sync: is the update finite and was every coupled Gram block positive definite? If
         not, name the family (and layer) whose frame broke, or the coupled families."""
-        ok = torch.isfinite(torch.stack(torch._foreach_norm(theta))).all()
+        ok = torch.isfinite(torch.stack(torch._foreach_norm(theta, ord=float("inf")))).all()
         if infos:
             ok = ok & (torch.stack(infos) == 0).all()
         if bool(ok):
             return
+        if self.nonfinite == "skip":
+            raise _SkipStep
+        for p, name in zip(plan["bound"], plan["names"]):  # the cause as it is: a parameter that was not finite
+            if not bool(torch.isfinite(p).all()):
+                raise GaugeError(self.binding.gauge_of(p), name, "the parameter is not finite (before this step)")
         for b, h in zip(batches, frames):
             fam = b.family
             parts = h if isinstance(h, tuple) else (h,)
@@ -582,6 +607,25 @@ class DDCAdam(torch.optim.Optimizer):
                                  "(nearly dependent orbit directions): the vertical projection is undefined")
         bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
         raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (overflow)")
+
+
+class _SkipStep(Exception):
+    """``nonfinite="skip"``: the update is not finite; the step leaves everything as it was."""
+
+
+class _Journal:
+    """Copies of tensors a step writes before it knows it will succeed, restored if it does not."""
+
+    def __init__(self):
+        self.saved: list[tuple[Tensor, Tensor]] = []
+
+    def save(self, tensors: list[Tensor]) -> None:
+        self.saved += [(t, t.detach().clone()) for t in tensors]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, copy in reversed(self.saved):
+                t.copy_(copy)
 
 
 def _slots(tensors: list[Tensor], layout: tuple) -> tuple[list[tuple], list[tuple]]:
