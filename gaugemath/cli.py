@@ -1,4 +1,4 @@
-"""The ``gaugemath`` command: ``list``, ``derive NAME``, ``prove [--check]``, ``codegen [--check]``, ``verify``.
+"""The gaugemath command: list, derive, prove, codegen, verify, discover, experiment, demo.
 
 ``gaugemath prove`` proves every catalogue construction, writes one certificate per name
 into ``proofs/`` and prints a table; ``--check`` writes nothing and exits 1 if any
@@ -161,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the catalogue").set_defaults(run=_cmd_list)
     p = sub.add_parser("derive", help="print a gauge's generators, brackets, frame, metric and charges")
-    p.add_argument("name")
+    p.add_argument("name", help=f"a catalogue gauge: {', '.join(sorted(gauges()))}")
     p.add_argument("-o", "--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="constructor option, e.g. -o hidden=3 -o frame=anchor")
     p.set_defaults(run=_cmd_derive)
     p = sub.add_parser("prove", help="prove the catalogue and write certificates")
-    p.add_argument("names", nargs="*", help="catalogue names (default: all)")
+    p.add_argument("names", nargs="*", help=f"catalogue names (default: all): {', '.join(CONSTRUCTIONS)}")
     p.add_argument("--check", action="store_true",
                    help="write nothing; fail if a certificate is stale or a check fails")
     p.add_argument("--out", default=str(DEFAULT_DIR), help="certificate folder (default: proofs)")
@@ -177,13 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", default=["torch", "jax"], choices=["torch", "jax"],
                    help="(default: both)")
     p.set_defaults(run=_cmd_codegen)
-    p = sub.add_parser("verify", help="equivariance protocol (ddc.md §3) on a backend's DDCAdam")
-    p.add_argument("names", nargs="*", help="constructions (default: all)")
-    p.add_argument("--backend", default="torch", choices=["torch", "jax"])
+    p = sub.add_parser("verify", help="the equivariance protocol on a backend's DDCAdam/DDCMuon: run B from g·θ "
+                                      "must stay the image of run A (docs/backends/torch.md)")
+    p.add_argument("names", nargs="*", help="constructions (default: all; see gaugemath.verify._constructions)")
+    p.add_argument("--backend", default="torch", choices=["torch", "jax"], help="torch (default) or jax (optax)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "muon"], help="DDCAdam (default) or DDCMuon")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="parameter dtype (PASS below 1e-6 in float32, 1e-12 in float64)")
+    p.add_argument("--steps", type=int, default=50, help="optimizer steps (default 50, the paper's protocol)")
+    p.add_argument("--vertical", default="freeze", choices=["freeze", "sgd", "adam"],
+                   help="what the orbit directions do (default freeze)")
     p.add_argument("--no-control", action="store_true", help="skip the AdamW negative control")
     p.set_defaults(run=_cmd_verify)
     from .discovery.command import add_parser as _add_discover
@@ -191,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_discover(sub)
     sub.choices["discover"].set_defaults(run=_cmd_discover)
     p = sub.add_parser("experiment", help="seeded optimizer comparison (AdamW, DDCAdam, Muon, DDCMuon) with plots")
-    p.add_argument("name", help="experiment (see gaugemath.experiments.EXPERIMENTS)")
+    from .experiments import EXPERIMENTS
+
+    p.add_argument("name", help=f"experiment: {', '.join(EXPERIMENTS)}")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"],
                    help="cpu: minutes on 2 cores (default); paper: the paper's GPU-scale setting")
     p.add_argument("--out", default=None, help="run directory (default: runs/NAME-SCALE)")

@@ -69,3 +69,22 @@ def test_verify_prints_one_line_per_construction_and_the_control(capsys):
                                               "adamw:head_rotation.rope"]
     assert lines[0].endswith("PASS") and lines[1].endswith("FAIL (expected)")
     assert float(lines[0].split()[1]) < 1e-12
+
+
+def test_help_is_current_and_lists_valid_names(capsys):
+    """Issue 17: the top-level help was stale (raw RST backticks, subcommands missing), and derive/prove/
+    experiment did not say which names they take."""
+    import pytest
+
+    from gaugemath.cli import main
+
+    for argv, wanted in ((["--help"], ["discover", "experiment", "demo", "verify"]),
+                         (["derive", "--help"], ["relu_rescale", "head_rotation"]),
+                         (["prove", "--help"], ["transformer_block"]),
+                         (["experiment", "--help"], ["grokking", "overtrain"]),
+                         (["verify", "--help"], ["1e-12", "freeze"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert all(w in out for w in wanted), (argv, out)
+        assert "``" not in out and "ddc.md" not in out, out
