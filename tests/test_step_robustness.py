@@ -138,3 +138,33 @@ def test_protocol_keeps_a_nan_deviation():
 
     assert math.isnan(worse(0.1, float("nan"))) and math.isnan(worse(worse(0.0, float("nan")), 0.2))
     assert worse(0.1, 0.3) == 0.3 and worse(0.3, 0.1) == 0.3
+
+
+def test_jax_dead_unit_steps_and_a_nan_parameter_is_named_or_skipped():
+    """JAX (issue 17 #6): a zero unit is stepped (identity frame, no vertical space) instead of spreading NaN;
+    a NaN parameter raises naming the leaf in raise mode and skips the step whole in skip mode."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from gaugemath.backends import jax as gj
+
+    rng = np.random.default_rng(0)
+    params = {"fc_in.weight": jnp.asarray(rng.normal(size=(5, 3))), "fc_in.bias": jnp.asarray(rng.normal(size=5)),
+              "fc_out.weight": jnp.asarray(rng.normal(size=(2, 5))), "fc_out.bias": jnp.zeros(2)}
+    params["fc_in.weight"] = params["fc_in.weight"].at[1].set(0.0)
+    params["fc_in.bias"] = params["fc_in.bias"].at[1].set(0.0)
+    params["fc_out.weight"] = params["fc_out.weight"].at[:, 1].set(0.0)
+    spec = [gj.GaugeSpec("relu_rescale.balance", {"W_in": "fc_in.weight", "b_in": "fc_in.bias",
+                                                  "W_out": "fc_out.weight"})]
+    binding = gj.bind(params, spec, check=False)
+    grads = jax.tree_util.tree_map(lambda x: jnp.cos(x) * (x != 0), params)
+    tx = gj.ddc_adam(1e-2, gauges=binding)
+    u, _ = tx.update(grads, tx.init(params), params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(u))
+    assert float(jnp.abs(u["fc_in.weight"]).max()) > 0 and float(jnp.abs(u["fc_in.weight"][1]).max()) == 0.0
+    nan = dict(params, **{"fc_in.weight": params["fc_in.weight"].at[0, 0].set(jnp.nan)})
+    with pytest.raises(GaugeError, match="block 'fc_in.weight'.*not finite"):
+        gj.ddc_adam(1e-2, gauges=binding, nonfinite="raise").update(grads, tx.init(nan), nan)
+    state = tx.init(nan)
+    u, after = jax.jit(tx.update)(grads, state, nan)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(u)) and int(after.count) == 0

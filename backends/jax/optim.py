@@ -229,6 +229,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             for k, i in enumerate(idx):
                 updates[i] = (theta_new[k] - p_leaves[i].astype(theta_new[k].dtype)).astype(p_leaves[i].dtype)
                 new_m[i], new_v[i] = ms[k], vs[k]
+        update_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in updates]))
+        if nonfinite == "raise" and not bool(update_ok):  # eager only (raise refuses to be traced, above)
+            bad = next(p for p, u in zip(paths, updates) if not bool(jnp.all(jnp.isfinite(u))))
+            cause = "the parameter is not finite" if not bool(jnp.all(jnp.isfinite(p_leaves[paths.index(bad)]))) \
+                else "the update overflows"
+            raise GaugeError(binding.gauge_of(bad), bad, f"{cause} (nonfinite='raise'; nothing was changed)")
+        finite = finite & update_ok  # nonfinite='skip': a step whose update is not finite is skipped whole
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_m = [keep(a, b) for a, b in zip(new_m, m_leaves)]
         new_v = [keep(a, b) for a, b in zip(new_v, v_leaves)]
@@ -252,17 +259,24 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         grad = entries(lay, to_work(lay, grads, work))
         ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
         bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
-        frames = []
+        frames, masks = [], []
         for fam in fams:
             h = fam.frame(theta)
+            mask = fam.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
+            h = fam.identity_where(mask, h)
             theta = sync(lay, theta, fam.act(h, theta))
             grad = sync(lay, grad, fam.act(h, grad, covector=True))
             frames.append(h)
-        fact = projector.factor(theta)
+            masks.append(mask)
+        fact = projector.factor(theta, masks)
+
+        def off(f, c):  # vertical coordinates of degenerate units: none
+            m = masks[f]
+            return jnp.where(m.reshape(m.shape[0], *([1] * (c.ndim - 1))), 0.0, c)
         rtol = math.sqrt(float(jnp.finfo(params[0].dtype).eps)) if vertical_rtol is None else vertical_rtol
         rhs_g = []
-        for fam in fams:
-            c = fam.coords(theta, grad)
+        for f, fam in enumerate(fams):
+            c = off(f, fam.coords(theta, grad))
             rhs_g.append(jnp.where(jnp.abs(c) <= fam.noise_floor(theta, grad, rtol), 0.0, c)[..., None])
         coef_g = projector.solve(fact, rhs_g)
         for fam, c in zip(fams, coef_g):
@@ -295,8 +309,8 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 d = (alr / lr) * (d + awd * theta[k]) - weight_decay * theta[k]
             u.append(d)
         u = entries(lay, u)
-        rhs = [jnp.stack([a, b], axis=-1) for a, b in zip([f.coords(theta, u) for f in fams],
-                                                          [f.coords(theta, theta) for f in fams])]
+        rhs = [jnp.stack([off(k, f.coords(theta, u)), off(k, f.coords(theta, theta))], axis=-1)
+               for k, f in enumerate(fams)]
         coef = projector.solve(fact, rhs)
         delta = entries(lay, [x + weight_decay * th for x, th in zip(u[:n], theta[:n])])
         new_vert = []

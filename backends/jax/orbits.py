@@ -118,6 +118,37 @@ class JaxFamily:
             return self._head_frame(theta)
         return self.family.frame(**self._stats(self.family.stats["frame"], theta))
 
+    def degenerate(self, theta, h):
+        """Units whose frame is undefined, decided by invariants (the torch ``BoundFamily.degenerate``)."""
+        if self.kind == "translate":
+            return jnp.zeros(self.units, bool)
+        if self.kind == "head":
+            return ~jnp.isfinite(h).reshape(self.units, -1).all(1)
+        if self.kind == "plane":
+            r0, r1 = _pairs(theta[self.roles[self.family.slices[0].role][0]])
+            c, sn = h
+            return ((r0 * r0 + r1 * r1).sum(1) == 0) | ~jnp.isfinite(c) | ~jnp.isfinite(sn)
+        sides: dict = {}
+        for s, i in self.members():
+            v = _reduce(theta[i] * theta[i], s.axis)
+            key = s.exponent > 0
+            sides[key] = v if key not in sides else sides[key] + v
+        bad = ~jnp.isfinite(h) | (h == 0)
+        for v in sides.values():
+            bad = bad | (v == 0)
+        return bad
+
+    def identity_where(self, mask, h):
+        """The frame with the identity element on the ``mask`` ed units."""
+        if self.kind == "scale":
+            return jnp.where(mask, 1.0, h)
+        if self.kind == "translate":
+            return h
+        if self.kind == "plane":
+            c, sn = h
+            return jnp.where(mask, 1.0, c), jnp.where(mask, 0.0, sn)
+        return jnp.where(mask[:, None, None], jnp.eye(self.d_head, dtype=h.dtype), h)
+
     def act(self, h, ts: list, inverse: bool = False, covector: bool = False) -> list:
         ts = list(ts)
         for s, i in self.members():

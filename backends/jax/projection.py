@@ -18,8 +18,14 @@ class Projector:
         self.families = families
         self.coupling = Coupling(families, names, bases)
 
-    def factor(self, theta) -> dict:
+    def factor(self, theta, masks=None) -> dict:
+        """As the torch ``Projector.factor``; ``masks[f]``: units without vertical space (degenerate
+        orbits): Gram 1 (heads: the identity) and no coupling, so their solve gives 0."""
         grams = [fam.gram(theta) for fam in self.families]
+        if masks is not None:
+            grams = [jnp.where(m.reshape(m.shape[0], *([1] * (g.ndim - 1))),
+                               jnp.eye(g.shape[-1], dtype=g.dtype) if g.ndim == 3 else 1.0, g)
+                     for g, m in zip(grams, masks)]
         heads = {f: jnp.linalg.eigh(grams[f]) for f, fam in enumerate(self.families) if fam.kind == "head"}
         schur = []
         for comp in self.coupling.components:
@@ -32,6 +38,10 @@ class Projector:
                 sq = t * t if a_rows else (t * t).T
                 sa, sb = off_a[fa], off_b[fb]
                 e = e.at[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units].add(w * sq)
+            if masks is not None:
+                keep_a = ~jnp.concatenate([masks[f] for f in comp.side_a])
+                keep_b = ~jnp.concatenate([masks[f] for f in comp.side_b])
+                e = e * keep_a[:, None] * keep_b[None, :]
             s = jnp.diag(d_a) - (e / d_b) @ e.T
             schur.append((e, d_b, cho_factor(s, lower=True), off_a, off_b))
         return {"grams": grams, "heads": heads, "schur": schur}
