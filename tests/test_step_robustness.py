@@ -168,3 +168,19 @@ def test_jax_dead_unit_steps_and_a_nan_parameter_is_named_or_skipped():
     state = tx.init(nan)
     u, after = jax.jit(tx.update)(grads, state, nan)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(u)) and int(after.count) == 0
+
+
+def test_update_checked_in_the_parameter_dtype():
+    """Issue 17 #6: the raise-mode check ran on the fp64 work copy, so a value finite in fp64 but beyond
+    fp32's range went into an fp32 parameter as inf with no error. Checked against the parameter dtype."""
+    from gaugemath.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(3, 4, 2)
+    opt = DDCAdam(model.parameters(), binding=bind(model), lr=1e-2)
+    plan = opt._plans[0]
+    theta = [p.detach().double().clone() for p in plan["bound"]]
+    opt._check_update(theta, plan, [], [], [])  # in range: passes
+    theta[0][0, 0] = 1e39  # finite in fp64, inf in fp32
+    with pytest.raises(GaugeError, match="block 'fc_in.weight'.*overflows torch.float32"):
+        opt._check_update(theta, plan, [], [], [])

@@ -574,7 +574,9 @@ class DDCAdam(torch.optim.Optimizer):
                       infos: list[Tensor]) -> None:
         """One host sync: is the update finite and was every coupled Gram block positive definite? If
         not, name the family (and layer) whose frame broke, or the coupled families."""
-        ok = torch.isfinite(torch.stack(torch._foreach_norm(theta, ord=float("inf")))).all()
+        # finite, and representable in the parameters' dtype (an fp64 work value above fp32's max is inf there)
+        peak = torch.stack(torch._foreach_norm(theta, ord=float("inf")))
+        ok = (torch.isfinite(peak) & (peak <= torch.finfo(plan["bound"][0].dtype).max)).all()
         if infos:
             ok = ok & (torch.stack(infos) == 0).all()
         if bool(ok):
@@ -605,8 +607,10 @@ class DDCAdam(torch.optim.Optimizer):
                 raise GaugeError(fams[comp.side_a[0]].family.gauge, names,
                                  "the Gram matrix of these coupled orbit families is numerically singular "
                                  "(nearly dependent orbit directions): the vertical projection is undefined")
-        bad = next(i for i, t in enumerate(theta) if not torch.isfinite(t).all())
-        raise GaugeError("ddc", plan["names"][bad], "the DDC update is not finite (overflow)")
+        fmax = torch.finfo(plan["bound"][0].dtype).max
+        bad = next(i for i, t in enumerate(theta) if not (torch.isfinite(t).all() and t.abs().max() <= fmax))
+        raise GaugeError(self.binding.gauge_of(plan["bound"][bad]), plan["names"][bad],
+                         f"the DDC update overflows {plan['bound'][bad].dtype} (nothing was changed)")
 
 
 class _SkipStep(Exception):
