@@ -25,7 +25,6 @@ from gaugemath.structure.detect import Refusal
 
 from .._compose import compose as _compose
 from .._compose import spec_of as _spec_of
-from .._compose import spec_of_family  # noqa: F401  (re-exported for .check)
 from .._spec import GaugeSpec, Layout, TensorView, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import BoundFamily

@@ -55,7 +55,8 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
                   seed: int = 0, strict: bool = False, prefix: str = ""):
     """The binding with every family that fails a check removed (and listed in ``refusals``);
     ``strict`` (explicit specs): raise a :class:`GaugeError` for the first failure instead."""
-    from .binding import _build, _named, spec_of_family
+    from .._compose import spec_of_family
+    from .binding import _build, _named
 
     m64 = copy.deepcopy(model).double()
     named = _named(m64)

@@ -140,10 +140,6 @@ def _empty_tags(a):
     return a
 
 
-def _users(node: Node, graph: Graph) -> list[Node]:
-    return node.users
-
-
 def _sole_use(graph: Graph, name: str | None, at: Node) -> str | None:
     """``None`` if parameter ``name`` is read only by ``at``; else what else reads it."""
     if name is None:

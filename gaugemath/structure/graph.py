@@ -70,8 +70,5 @@ class Graph:
     run: Callable[[Node, tuple, dict], Any]
     aliases: dict[str, list[str]] = field(default_factory=dict)
 
-    def op_users(self, node: Node) -> list[Node]:
-        return node.users
-
     def is_output(self, node: Node) -> bool:
         return any(node is o for o in self.outputs)
