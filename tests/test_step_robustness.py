@@ -184,3 +184,40 @@ def test_update_checked_in_the_parameter_dtype():
     theta[0][0, 0] = 1e39  # finite in fp64, inf in fp32
     with pytest.raises(GaugeError, match="block 'fc_in.weight'.*overflows torch.float32"):
         opt._check_update(theta, plan, [], [], [])
+
+
+def test_rank_deficient_head_is_degenerate_by_an_invariant():
+    """A no-RoPE head with d_head > 2·d_model (issue 17 #7's d_head > d_model): [W_Q | W_K] cannot span d_head
+    dimensions and pivoted Gram–Schmidt normalises round-off. Decided from ΘΘᵀ's eigenvalues (the same for every
+    rotated copy); bind refuses such a family (nothing to condition), explicit specs raise, and an optimizer
+    given it anyway steps it with the identity frame and stays finite. A full-rank head is not flagged."""
+    from gaugemath.backends.torch import GaugeSpec
+
+    from gaugemath.models import Attention
+
+    torch.manual_seed(0)
+    for d_model, d_head, expect in ((2, 8, True), (8, 4, False)):
+        model = Attention(d_model, 1, d_head=d_head, rope=False).double()
+        spec = [GaugeSpec("head_rotation.norope", {"W_Q": "q.weight", "W_K": "k.weight"}, name="attn",
+                          d_head=d_head)]
+        binding = bind(model, spec, check=False)
+        fam = binding.families[0]
+        theta = [p.detach().clone() for _, p in binding.params]
+        q, _ = torch.linalg.qr(torch.randn(1, d_head, d_head, dtype=torch.float64))
+        rotated = [t.clone() for t in theta]
+        fam.act(q, rotated)
+        for ts in (theta, rotated):
+            assert bool(fam.degenerate(ts, fam.frame(ts))[0]) is expect
+        found = bind(model)
+        assert any(f.family.gauge == "head_rotation" for f in found.families) is not expect, str(found)
+        if expect:
+            assert any("degenerate" in r.reason for r in found.refusals), found.refusals
+            with pytest.raises(GaugeError, match="not a symmetry of this model: every unit's orbit is degenerate"):
+                bind(model, spec)
+        opt = DDCAdam(model.parameters(), binding=binding, lr=1e-2)
+        x = torch.randn(3, 4, d_model, dtype=torch.float64)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+        assert all(torch.isfinite(p).all() for p in model.parameters())

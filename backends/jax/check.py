@@ -103,6 +103,10 @@ def check_binding(binding, params, apply: Callable, example: Sequence, loss: Cal
         if bool((c > floor).any()):
             raise GaugeError(fam.family.gauge, fam.name, f"not a symmetry of this model: the loss gradient is not "
                              f"orthogonal to the orbit (|⟨∇L, X⟩| = {ratio:.1e} of |X|ᵀ|∇L|)")
+    for fam in binding.families:
+        if bool(fam.degenerate(theta_e, fam.frame(theta_e)).all()):
+            raise GaugeError(fam.family.gauge, fam.name, "not a symmetry of this model: every unit's orbit is "
+                             "degenerate at these parameters: there is no canonical frame to condition with")
     a, b = _canonical(binding, theta), _canonical(binding, _act(binding, g, theta))
     frame = max(_gap(x, y) for x, y in zip(a, b))
     if not frame <= float(jnp.finfo(dtype).eps) ** 0.5:  # the frames run in the leaves' dtype
@@ -128,6 +132,7 @@ def _canonical(binding, leaves: list) -> list:
     from .layout import sync
 
     ents = _entries(binding, leaves)
-    for fam in binding.families:
-        ents = sync(binding.layout, ents, fam.act(fam.frame(ents), ents))
+    for fam in binding.families:  # degenerate units: the identity frame, as the optimizer does
+        h = fam.frame(ents)
+        ents = sync(binding.layout, ents, fam.act(fam.identity_where(fam.degenerate(ents, h), h), ents))
     return ents[: len(leaves)]

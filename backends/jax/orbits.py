@@ -122,8 +122,11 @@ class JaxFamily:
         """Units whose frame is undefined, decided by invariants (the torch ``BoundFamily.degenerate``)."""
         if self.kind == "translate":
             return jnp.zeros(self.units, bool)
-        if self.kind == "head":
-            return ~jnp.isfinite(h).reshape(self.units, -1).all(1)
+        if self.kind == "head":  # rank < d_head: M = ΘΘᵀ's eigenvalues (rotation-invariant) reach round-off
+            th = self._head_rows(theta)
+            lam = jnp.linalg.eigvalsh(th @ jnp.swapaxes(th, 1, 2))
+            floor = (th.shape[-1] + self.d_head) * jnp.finfo(th.dtype).eps * lam[:, -1]
+            return (lam[:, 0] <= floor) | ~jnp.isfinite(h).reshape(self.units, -1).all(1)
         if self.kind == "plane":
             r0, r1 = _pairs(theta[self.roles[self.family.slices[0].role][0]])
             c, sn = h

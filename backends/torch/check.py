@@ -112,6 +112,13 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
         worst_tangent = max(worst_tangent, ratio)
         if excess > 0 and f not in failures:
             failures[f] = f"the loss gradient is not orthogonal to the orbit (|⟨∇L, X⟩| = {ratio:.1e} of |X|ᵀ|∇L|)"
+    # a family whose every unit is degenerate here (e.g. heads wider than [W_Q | W_K] can span) has nothing to
+    # condition: its frame is the identity everywhere, so it is refused rather than bound as a no-op
+    theta_w = binding.entries(binding.to_work(theta0))
+    for f, fam in enumerate(fams):
+        if f not in failures and bool(fam.degenerate(theta_w, fam.frame(theta_w)).all()):
+            failures[f] = ("every unit's orbit is degenerate at these parameters (a zero unit, or heads whose rows "
+                           "cannot span d_head dimensions): there is no canonical frame to condition with")
     # the composite canonical point, on the families that passed
     alive = [f for f in range(len(fams)) if f not in failures]
     worst_frame = 0.0
@@ -177,8 +184,10 @@ def _frame_gap(x: Tensor, y: Tensor) -> float:
 
 
 def _canonical(binding, tensors: list[Tensor], only: list[int]) -> list[Tensor]:
+    """The composed canonical point, degenerate units given the identity frame (as the optimizer does)."""
     ents = binding.entries(binding.to_work(tensors))
     for f in only:
         fam = binding.families[f]
-        fam.act(fam.frame(ents), ents)
+        h = fam.frame(ents)
+        fam.act(fam.identity_where(fam.degenerate(ents, h), h), ents)
     return ents[: len(tensors)]

@@ -176,8 +176,11 @@ class BoundFamily:
         exactly these points (weight decay zeroes rescale-symmetric units)."""
         if self.kind == "translate":
             return torch.zeros(self.units, dtype=torch.bool, device=theta[0].device)
-        if self.kind == "head":
-            return ~torch.isfinite(h).reshape(self.units, -1).all(1)
+        if self.kind == "head":  # rank < d_head: M = ΘΘᵀ's eigenvalues (rotation-invariant) reach round-off
+            th = self._head_rows(theta)
+            lam = torch.linalg.eigvalsh(th @ th.transpose(1, 2))
+            floor = (th.shape[-1] + self.d_head) * torch.finfo(th.dtype).eps * lam[:, -1]
+            return (lam[:, 0] <= floor) | ~torch.isfinite(h).reshape(self.units, -1).all(1)
         if self.kind == "plane":
             a0, a1 = self._anchor_entries(theta[self.roles[self.family.slices[0].role][0]], 0)
             c, sn = h
