@@ -117,3 +117,25 @@ def spec_of(p: Proposal) -> GaugeSpec:
     return GaugeSpec(p.kind, roles, name=name, d_head=p.d_head)
 
 
+
+
+def unique_names(specs: Sequence[GaugeSpec]) -> list[GaugeSpec]:
+    """Specs with distinct names (the check and the report refer to families by name): a name shared by
+    several specs becomes ``first module → last module`` of each one's parameters, then ``#k`` if needed."""
+    specs = list(specs)
+    counts: dict[str, int] = {}
+    for s in specs:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    out, seen = [], {}
+    for s in specs:
+        name = s.name
+        if name and counts[name] > 1:
+            params = [v.param if isinstance(v, TensorView) else v for vs in s.roles.values()
+                      for v in ([vs] if isinstance(vs, (str, TensorView)) else vs)]
+            mods = list(dict.fromkeys(p.rsplit(".", 1)[0] if "." in p else p for p in params))
+            name = f"{mods[0]}→{mods[-1]}" if len(mods) > 1 else mods[0]
+            if s.name.endswith(": gain") and not name.endswith(": gain"):
+                name += ": gain"
+        seen[name] = seen.get(name, 0) + 1
+        out.append(replace(s, name=name if seen[name] == 1 else f"{name}#{seen[name]}"))
+    return out

@@ -125,3 +125,55 @@ def test_wrong_explicit_spec_is_refused_and_without_the_loss_no_shift():
     plain = gj.bind(_params(), apply=apply, example=(X,))  # the logits themselves must stay: no shift
     assert not any(f.family.gauge == "ce_shift" for f in plain.families)
     assert any(r.gauge == "ce_shift" and "softmax" in r.reason for r in plain.refusals)
+
+
+def test_equinox_mlp_binds_and_ddc_adam_is_equivariant():
+    """equinox's ``nn.MLP`` (``weight @ x + bias`` per example, batched by ``vmap``: the weight is the
+    *left* operand of a ``dot_general``), a model library nobody here wrote."""
+    import equinox as eqx  # in the jax extra
+    mlp = eqx.nn.MLP(4, 3, 8, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    params, static = eqx.partition(mlp, eqx.is_array)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+
+    def run(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)))
+    binding = gj.bind(params, apply=run, example=(x,), loss="cross_entropy")
+    assert [f.family.key for f in binding.families] == ["relu_rescale.balance", "ce_shift.W", "ce_shift.b"]
+    assert any("layers.1.weight is also acted on" in r.reason for r in binding.refusals)  # the 2nd unit overlaps
+
+    rng = np.random.default_rng(4)
+    s = jnp.exp(jnp.asarray(rng.uniform(-1, 1, 8)))
+    v = jnp.asarray(rng.normal(size=8))
+
+    def g(p):  # by hand: unit k of layer 0 (row k, bias k) × s_k, column k of layer 1 / s_k; logits shift
+        lay = list(p.layers)
+        w0, b0, w1, w2, b2 = (lay[0].weight, lay[0].bias, lay[1].weight, lay[2].weight, lay[2].bias)
+        q = eqx.tree_at(lambda t: (t.layers[0].weight, t.layers[0].bias, t.layers[1].weight, t.layers[2].weight,
+                                   t.layers[2].bias), p,
+                        (w0 * s[:, None], b0 * s, w1 / s[None, :], w2 + v[None, :], b2 + 0.4))
+        return q
+
+    def loss(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(run(p, x), y).mean()
+
+    def protocol(tx, steps=6):
+        pa, pb = params, g(params)
+        sa, sb = tx.init(pa), tx.init(pb)
+        worst = 0.0
+        for t in range(steps):
+            r = np.random.default_rng(20 + t)
+            xs, ys = jnp.asarray(r.normal(size=(6, 4))), jnp.asarray(r.integers(0, 3, 6))
+            ua, sa = tx.update(jax.grad(loss)(pa, xs, ys), sa, pa)
+            ub, sb = tx.update(jax.grad(loss)(pb, xs, ys), sb, pb)
+            pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+            image = g(pa)
+            num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree_util.tree_leaves(pb),
+                                                                  jax.tree_util.tree_leaves(image)))
+            worst = max(worst, (num / sum(float(jnp.sum(b ** 2)) for b in jax.tree_util.tree_leaves(image))) ** 0.5)
+        return worst
+
+    assert abs(float(loss(params, x, jnp.zeros(6, int)) - loss(g(params), x, jnp.zeros(6, int)))) < 1e-12
+    assert protocol(gj.ddc_adam(1e-2, weight_decay=0.1, gauges=binding)) < 1e-12
+    assert protocol(optax.adamw(1e-2, weight_decay=0.1)) > 1e-6

@@ -108,10 +108,10 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
         from gaugemath.structure.detect import detect
         from gaugemath.structure.jax_trace import trace
 
-        from .._compose import compose, spec_of
+        from .._compose import compose, spec_of, unique_names
 
         found = detect(trace(apply, params, tuple(example), target))
-        specs, refused = compose([spec_of(p) for p in found.proposals], FAMILIES)
+        specs, refused = compose(unique_names([spec_of(p) for p in found.proposals]), FAMILIES)
         refusals = list(found.refusals) + refused
         while True:
             try:

@@ -25,6 +25,7 @@ from gaugemath.structure.detect import Refusal
 
 from .._compose import compose as _compose
 from .._compose import spec_of as _spec_of
+from .._compose import unique_names
 from .._spec import GaugeSpec, Layout, TensorView, check_balance_frames, resolve
 from ._generated import FAMILIES
 from .orbits import BoundFamily
@@ -337,7 +338,7 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
         graph = trace(inner, args, kwargs, target_of(loss))
         found = detect_graph(graph)
         refusals += found.refusals
-        chosen, refused = compose([_spec_of(p) for p in found.proposals])
+        chosen, refused = compose(unique_names([_spec_of(p) for p in found.proposals]))
         refusals += refused
         if not chosen and not refusals:
             raise GaugeError("bind", type(inner).__name__, "no gauge found in the computation")

@@ -189,6 +189,10 @@ def _linear_producer(graph: Graph, node: Node) -> _Producer | None:
         b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         if b is not None and not _param(b):
             return None
+        if b is None:  # a bias added after data movement (W @ x + b under vmap: transposed there and back)
+            out = _bias_after(node)
+            if out is not None:
+                return _Producer(out[0], node.args[1].name, out[1], False, False, [node, out[0]])
         return _Producer(node, node.args[1].name, _param(b), False, False, [node])
     if node.op == "addmm" and _param(node.args[2]) and _param(node.args[0]) and len(node.args[0].shape) == 1:
         return _Producer(node, node.args[2].name, node.args[0].name, True, False, [node])
@@ -201,6 +205,21 @@ def _linear_producer(graph: Graph, node: Node) -> _Producer | None:
             if _param(other) and other.shape is not None and len(other.shape) == 1:
                 out, bias, reads = add, other.name, [node, add]
         return _Producer(out, node.args[1].name, bias, True, False, reads)
+    return None
+
+
+def _bias_after(node: Node) -> tuple[Node, str] | None:
+    """``(add, bias)`` if ``node``'s value reaches ``add(·, b)`` with a 1-D parameter ``b`` through
+    transposes only and arrives with the channel back on the last axis."""
+    cur = node
+    while len(cur.users) == 1 and cur.users[0].op == "transpose":
+        cur = cur.users[0]
+    if cur is node or len(cur.users) != 1 or cur.users[0].op != "add" or cur.shape != node.shape:
+        return None
+    add = cur.users[0]
+    other = add.args[1] if add.args[0] is cur else add.args[0]
+    if _param(other) and other.shape is not None and len(other.shape) == 1 and other.shape[0] == node.shape[-1]:
+        return add, other.name
     return None
 
 

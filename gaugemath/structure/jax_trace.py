@@ -108,6 +108,9 @@ def _walk(jaxpr, env: dict, read: Callable, add: Callable) -> None:
                 (len(eqn.params["shape"]) - 1,):
             env[eqn.outvars[0]] = args[0]  # a bias or gain broadcast over the leading axes
             continue
+        if prim == "dot_general" and _param_lhs(eqn, args):  # W @ x (equinox's Linear, under vmap)
+            env[eqn.outvars[0]] = _lhs_linear(eqn, args, add)
+            continue
         node = _op(prim, eqn, args)
         out = add(node)
         if len(eqn.outvars) == 1:
@@ -117,6 +120,31 @@ def _walk(jaxpr, env: dict, read: Callable, add: Callable) -> None:
                 item = Node(0, "op", op="getitem", args=(out, k), shape=tuple(var.aval.shape))
                 item.prim = None  # type: ignore[attr-defined]
                 env[var] = add(item)
+
+
+def _param_lhs(eqn, args) -> bool:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    w, x = args
+    return (isinstance(w, Node) and w.kind == "param" and w.shape is not None and len(w.shape) == 2
+            and isinstance(x, Node) and not lb and not rb and len(lc) == 1 and tuple(rc) == (len(x.shape) - 1,))
+
+
+def _lhs_linear(eqn, args, add) -> Node:
+    """``dot_general(W, x)`` contracting ``x``'s last axis: the linear layer ``x Wᵀ`` (channel last), then
+    the transpose that puts the channel first, as ``W @ x`` does."""
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    w, x = args
+    op = "linear" if lc[0] == 1 else "matmul"
+    free = tuple(x.shape[:-1])
+    out_dim = w.shape[0] if op == "linear" else w.shape[1]
+    lin = Node(0, "op", op=op, args=(x, w), shape=free + (out_dim,))
+    lin.prim = None  # type: ignore[attr-defined]
+    add(lin)
+    perm = (len(free),) + tuple(range(len(free)))
+    t = Node(0, "op", op="transpose", args=(lin,), shape=tuple(eqn.outvars[0].aval.shape))
+    t.prim = jax.lax.transpose_p  # type: ignore[attr-defined]
+    t.params = {"permutation": perm}  # type: ignore[attr-defined]
+    return add(t)
 
 
 def _named(op: str, eqn, args) -> Node:
