@@ -221,3 +221,17 @@ def test_rank_deficient_head_is_degenerate_by_an_invariant():
             model(x).pow(2).sum().backward()
             opt.step()
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_jax_messages_name_the_leaf_at_fault():
+    """Issue 17: a missing gradient leaf was blamed on a leaf that is present; ``gauges=()`` gave
+    "'tuple' object has no attribute 'families'"."""
+    import jax.numpy as jnp
+    from gaugemath.backends import jax as gj
+
+    params = {"a": jnp.ones(3), "b": jnp.ones(2), "c": jnp.ones(4)}
+    tx = gj.ddc_adam(1e-2)
+    with pytest.raises(GaugeError, match="block 'b'.*missing from the gradients: \\['b'\\]"):
+        tx.update({"a": jnp.ones(3), "c": jnp.ones(4)}, tx.init(params), params)
+    with pytest.raises(TypeError, match="pass a JaxBinding"):
+        gj.ddc_adam(1e-2, gauges=())

@@ -123,6 +123,9 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite={nonfinite!r}: choose from ('skip', 'raise')")
+    if gauges is not None and not isinstance(gauges, JaxBinding):
+        raise TypeError(f"gauges={gauges!r}: pass a JaxBinding from gaugemath.backends.jax.bind(...), or None for "
+                        "no gauges (then ddc_adam is optax.adamw)")
     binding = gauges if gauges is not None else JaxBinding((), ())
     veps = eps if vertical_eps is None else vertical_eps
     lay = binding.layout
@@ -169,8 +172,12 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         paths, g_leaves, treedef = leaves_by_path(grads, "grads")
         p_paths, p_leaves, _ = leaves_by_path(params, "params")
         if paths != p_paths:
-            raise GaugeError("ddc", next((a for a, b in zip(paths, p_paths) if a != b), "?"),
-                             "gradient and parameter pytrees do not match")
+            missing = [q for q in p_paths if q not in set(paths)]
+            extra = [q for q in paths if q not in set(p_paths)]
+            what = (f"missing from the gradients: {missing}" if missing else "") + \
+                   (f"{'; ' if missing else ''}not in the parameters: {extra}" if extra else "")
+            raise GaugeError("ddc", (missing or extra or ["<order>"])[0],
+                             f"gradient and parameter pytrees do not match ({what or 'leaves in another order'})")
         for path, g, p in zip(paths, g_leaves, p_leaves):
             if g.shape != p.shape:
                 raise GaugeError(binding.gauge_of(path), path, f"gradient shape {g.shape} != parameter shape {p.shape}")
