@@ -1,7 +1,8 @@
 """Models nobody in this project wrote, and their gauges transformed by hand.
 
 Each case builds a third-party model — ``transformers`` models from small configs with random
-init, ``torch.nn`` modules, nanoGPT's model re-typed from its public ``model.py`` — with an example
+init (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX, ViT), ``torch.nn`` modules, nanoGPT's model re-typed
+from its public ``model.py`` — with an example
 batch, a loss, the families :func:`~gaugemath.backends.torch.bind` must find, and ``transform``: a
 group element written out with plain tensor operations on the model's own parameters, from what
 each layer computes (Conv1D's ``x @ W + b``, HF's ``rotate_half`` RoPE planes ``(j, j + d/2)``,
@@ -201,6 +202,44 @@ def llama_like(kind: str) -> Case:
 
     expected = {"norm_scale.rmsnorm": 5, "head_rotation.rope": 2, "swiglu_rescale.anchor": 2, "ce_shift.W": 1}
     return Case(kind, make, _tokens(48), _lm_loss, transform, expected, ["silu is not positively homogeneous"])
+
+
+# ---- GPT-NeoX (HF): fused QKV interleaved per head ([q_h | k_h | v_h] rows), rotate_half RoPE, parallel residual
+def gpt_neox() -> Case:
+    d, heads = 32, 4
+
+    def make():
+        torch.manual_seed(7)
+        cfg = transformers.GPTNeoXConfig(vocab_size=48, hidden_size=d, intermediate_size=40, num_hidden_layers=2,
+                                         num_attention_heads=heads, rotary_pct=1.0, hidden_dropout=0.0,
+                                         attention_dropout=0.0, max_position_embeddings=32)
+        m = transformers.GPTNeoXForCausalLM(cfg).double()
+        with torch.no_grad():
+            for layer in m.gpt_neox.layers:
+                layer.attention.query_key_value.bias.normal_(0.0, 0.3)
+        return m
+
+    def transform(m, seed):
+        dh = d // heads
+        draw = Draw(seed)
+        with torch.no_grad():
+            for layer in m.gpt_neox.layers:
+                qkv = layer.attention.query_key_value
+                gain(layer.input_layernorm, draw.scale(d), qkv.weight)
+                gain(layer.post_attention_layernorm, draw.scale(d), layer.mlp.dense_h_to_4h.weight)
+                for h in range(heads):  # head h owns rows [3·dh·h, 3·dh·(h+1)): q, then k, then v
+                    for p in range(dh // 2):
+                        ang = draw.angle()
+                        r = plane(math.cos(ang), math.sin(ang))
+                        for base in (3 * dh * h, 3 * dh * h + dh):
+                            rows = [base + p, base + p + dh // 2]
+                            rotate_rows(qkv.weight, rows, r)
+                            rotate_rows(qkv.bias, rows, r)
+            gain(m.gpt_neox.final_layer_norm, draw.scale(d), m.lm_head.weight)
+            shift(m.lm_head.weight, None, draw.vector(d), 0.0)
+
+    expected = {"norm_scale.layernorm": 5, "head_rotation.rope": 2, "ce_shift.W": 1}
+    return Case("gpt-neox", make, _tokens(48), _lm_loss, transform, expected, ["gelu is not positively homogeneous"])
 
 
 # ---- ViT (HF): LayerNorm with bias, q/k with bias, GELU MLP, CLS classifier with bias
@@ -439,7 +478,7 @@ def mlp_classifier() -> Case:
                 ["ce_shift refused on 2: 2.weight is also acted on"], {"loss": "cross_entropy"})
 
 
-CASES = [gpt2(True), gpt2(False), llama_like("llama"), llama_like("mistral"), llama_like("qwen2"), vit(),
+CASES = [gpt2(True), gpt2(False), llama_like("llama"), llama_like("mistral"), llama_like("qwen2"), gpt_neox(), vit(),
          nanogpt(True), nanogpt(False), encoder_layer(True), encoder_layer(False), encoder_layer(True, qk_bias=False),
          encoder_layer(False, qk_bias=False), mlp_classifier()]
 
