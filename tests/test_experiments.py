@@ -169,3 +169,28 @@ def test_diagonal_linear_small_init_gd_recovers_sparse_and_ddcadam_is_horizontal
         assert rows[f"gd[α={a}]"]["final_charge_drift"] < 0.1 * rows[f"adamw[α={a}]"]["final_charge_drift"]
     # Pesme et al.: small init → sparse (ℓ1-like) interpolator, large init → dense (ℓ2-like) one
     assert rows["gd[α=0.01]"]["final_recovery_error"] < 0.2 < 0.5 < rows["gd[α=1]"]["final_recovery_error"]
+
+
+def _count_steps(n, bar):
+    for _ in range(n):
+        bar.update(1)
+    bar.flush()
+    return n
+
+
+def test_worker_progress_moves_per_step():
+    """Issue 17: the demo's bar moved once per finished run (it sat at 0/4800 for two minutes); worker
+    processes now send their step counts to the parent's bar as they go."""
+    from gaugemath.experiments._common import parallel_map, worker_progress
+
+    class Bar:
+        def __init__(self):
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    with worker_progress(bar) as remote:
+        done = list(parallel_map(_count_steps, [(23, remote), (37, remote)], workers=2))
+    assert sorted(done) == [23, 37] and bar.n == 60

@@ -13,6 +13,7 @@ import platform
 import random
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,49 @@ def parallel_map(fn, jobs: list[tuple], workers: int | None = None) -> Iterator[
 def _star(item: tuple) -> Any:
     fn, job = item
     return fn(*job)
+
+
+class QueueBar:
+    """``update(n)`` for code running in a worker process: step counts go, every ``every`` steps, through a
+    manager queue to the progress bar of the parent (:func:`worker_progress`); ``flush()`` sends the rest."""
+
+    def __init__(self, queue, every: int = 10):
+        self.queue, self.every, self.pending = queue, every, 0
+
+    def update(self, n: int = 1) -> None:
+        self.pending += n
+        if self.pending >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.queue.put(self.pending)
+            self.pending = 0
+
+
+@contextmanager
+def worker_progress(bar) -> Iterator[QueueBar]:
+    """A :class:`QueueBar` to pass to worker processes, whose counts a thread here adds to ``bar`` as they
+    arrive: the bar moves per step, not once per finished run."""
+    import multiprocessing as mp
+    import queue
+    import threading
+
+    with mp.get_context("spawn").Manager() as manager:
+        q = manager.Queue()
+        done = threading.Event()
+
+        def pump() -> None:
+            while not done.is_set() or not q.empty():
+                try:
+                    bar.update(q.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+        try:
+            yield QueueBar(q)
+        finally:
+            done.set()
+            thread.join()

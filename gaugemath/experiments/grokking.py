@@ -16,6 +16,7 @@ train accuracy ≥ ``threshold``) and *steps to grok* (first with test accuracy 
 from __future__ import annotations
 
 import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ._common import (
     read_metrics,
     seed_everything,
     worker_count,
+    worker_progress,
 )
 
 
@@ -130,6 +132,8 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
             opt.step()
         if bar is not None:
             bar.update(1)
+    if bar is not None and hasattr(bar, "flush"):
+        bar.flush()
     obs.close()
     vf = [r["vertical_fraction"] for r in obs.records if "vertical_fraction" in r]
     return {"optimizer": optimizer, "seed": seed, "steps_to_fit": fit, "steps_to_grok": grok,
@@ -193,14 +197,13 @@ def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dic
     bar = progress(len(jobs) * cfg.steps, "grokking", show_progress)
     in_process = worker_count(len(jobs), cfg.workers) <= 1
     runs = []
-    for summary, history in parallel_map(train_one, [(*job, bar) if in_process else job for job in jobs],
-                                         cfg.workers):
-        runs.append(summary)
-        for rec in history:
-            rundir.log(**rec)
-        if not in_process:
-            bar.update(cfg.steps)
-        bar.set_postfix_str(f"done: {summary['optimizer']} seed {summary['seed']}")
+    counting = nullcontext(bar) if in_process else worker_progress(bar) if show_progress else nullcontext(None)
+    with counting as step_bar:  # per-step progress, from worker processes too
+        for summary, history in parallel_map(train_one, [(*job, step_bar) for job in jobs], cfg.workers):
+            runs.append(summary)
+            for rec in history:
+                rundir.log(**rec)
+            bar.set_postfix_str(f"done: {summary['optimizer']} seed {summary['seed']}")
     bar.close()
     order = {(name, seed): k for k, (_, name, seed) in enumerate(jobs)}
     runs.sort(key=lambda r: order[r["optimizer"], r["seed"]])
