@@ -166,24 +166,29 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(cfg: GrokkingConfig, records: list[dict[str, Any]], path: Path) -> Path:
-    """Train (dashed) and test (solid) accuracy against step, one thin line per seed."""
+    """Train (dashed) and test (solid) accuracy and loss against step: a colour per optimizer, a marker and
+    shade per seed (both named in the legends)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    markers = "os^vD<>p"
     for r_name in cfg.optimizers:
-        for seed in cfg.seeds:
+        for k, seed in enumerate(cfg.seeds):
             rs = [r for r in records if r["optimizer"] == r_name and r["seed"] == seed]
             if not rs:
                 continue
             steps = [r["step"] for r in rs]
-            label = r_name if seed == cfg.seeds[0] else None
-            axes[0].plot(steps, [r["test_acc"] for r in rs], color=COLOURS[r_name], lw=1.2, label=label)
-            axes[0].plot(steps, [r["train_acc"] for r in rs], color=COLOURS[r_name], lw=0.8, ls="--")
-            axes[1].semilogy(steps, [r["test_loss"] for r in rs], color=COLOURS[r_name], lw=1.2, label=label)
-            axes[1].semilogy(steps, [r["train_loss"] for r in rs], color=COLOURS[r_name], lw=0.8, ls="--")
+            style = dict(color=COLOURS[r_name], alpha=1.0 - 0.5 * k / max(len(cfg.seeds) - 1, 1),
+                         marker=markers[k % len(markers)], markersize=3, markevery=max(len(rs) // 8, 1))
+            label = f"{r_name} seed {seed}"
+            axes[0].plot(steps, [r["test_acc"] for r in rs], lw=1.2, label=label, **style)
+            axes[0].plot(steps, [r["train_acc"] for r in rs], lw=0.8, ls="--", **style)
+            axes[1].semilogy(steps, [r["test_loss"] for r in rs], lw=1.2, label=label, **style)
+            axes[1].semilogy(steps, [r["train_loss"] for r in rs], lw=0.8, ls="--", **style)
     axes[0].set(xlabel="step", ylabel="accuracy", title=f"(a + b) mod {cfg.modulus}: test (solid), train (dashed)")
-    axes[1].set(xlabel="step", ylabel="cross-entropy", title="loss")
+    axes[1].set(xlabel="step", ylabel="cross-entropy", title="loss: test (solid), train (dashed)")
     axes[0].axhline(cfg.threshold, color="grey", lw=0.5)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
