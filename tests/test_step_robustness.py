@@ -235,3 +235,19 @@ def test_jax_messages_name_the_leaf_at_fault():
         tx.update({"a": jnp.ones(3), "c": jnp.ones(4)}, tx.init(params), params)
     with pytest.raises(TypeError, match="pass a JaxBinding"):
         gj.ddc_adam(1e-2, gauges=())
+
+
+def test_two_live_optimizers_over_one_parameter_are_noticed():
+    """Issue 17: two optimizers over the same parameters passed unnoticed (each steps them)."""
+    import gc
+    import warnings
+
+    model = tiny_gpt(n_layers=1)
+    first = DDCAdam(model.parameters(), binding=bind(model))
+    with pytest.warns(UserWarning, match="also stepped by another live DDCAdam"):
+        DDCAdam(model.parameters())
+    del first
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the first one is gone: no warning
+        DDCAdam(tiny_gpt(n_layers=1).parameters())

@@ -33,6 +33,8 @@ operation order), so ``DDCAdam`` with an empty binding *is* AdamW.
 from __future__ import annotations
 
 import os
+import warnings
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -46,6 +48,9 @@ from .batching import Batch, Layout
 from .binding import Binding, entries, reindexed, restrict, stored, work_copies
 from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
+
+#: id(parameter) → (weak parameter, weak DDC optimizer that steps it): a discarded optimizer releases it
+_HOLDERS: dict[int, tuple] = {}
 
 VERTICAL = ("freeze", "sgd", "adam")
 NONFINITE = ("raise", "skip", "unchecked")
@@ -115,6 +120,7 @@ class DDCAdam(torch.optim.Optimizer):
         self.kernels = kernels
         self._batch_layers = True  # merge isomorphic families across layers (reference path; tests turn it off)
         self._plans = self._plan()
+        self._claim_parameters()
 
     # ------------------------------------------------------------------ structure
     def _plan(self) -> list[dict]:
@@ -193,6 +199,22 @@ class DDCAdam(torch.optim.Optimizer):
                                          f"with different {key} ({self.param_groups[first].get(key)} vs "
                                          f"{self.param_groups[g].get(key)}); they must agree within a gauge")
         return [root(g) for g in range(len(self.param_groups))]
+
+    def _claim_parameters(self) -> None:
+        """Warn when a parameter is already stepped by another live DDC optimizer: both would update it
+        every step (torch.optim does not notice; a binding's frames would be computed twice)."""
+        warned = False
+        for g in self.param_groups:
+            for p in g["params"]:
+                entry = _HOLDERS.get(id(p))
+                holder = entry[1]() if entry is not None and entry[0]() is p else None
+                if holder is not None and holder is not self and not warned:
+                    warnings.warn(f"parameter {self._name_of(p)} is also stepped by another live "
+                                  f"{type(holder).__name__}: two optimizers over one parameter step it twice",
+                                  stacklevel=3)
+                    warned = True
+                key = id(p)
+                _HOLDERS[key] = (weakref.ref(p, lambda _, k=key: _HOLDERS.pop(k, None)), weakref.ref(self))
 
     def _name_of(self, p: Tensor) -> str:
         """A parameter's name for messages: the binding's, else the one the optimizer was given
