@@ -92,23 +92,30 @@ def test_detected_from_the_jaxpr_and_checked():
     assert abs(float(_loss(p, X, y) - _loss(transform(p), X, y))) < 1e-12  # the oracle is a gauge
 
 
-def _protocol(tx, steps=6):
-    pa = _params()
-    pb = transform(pa)
+def protocol(tx, params, g, loss, batch, steps=6):
+    """ddc.md's protocol with a hand-written ``g``: run A from ``params``, run B from ``g(params)``, each on its
+    own gradients of ``loss(p, *batch(t))``; the max over steps of ``‖θ_B − g(θ_A)‖ / ‖g(θ_A)‖``."""
+    pa, pb = params, g(params)
     sa, sb = tx.init(pa), tx.init(pb)
     worst = 0.0
     for t in range(steps):
-        rng = np.random.default_rng(10 + t)
-        x, y = jnp.asarray(rng.normal(size=(2, 3, D))), jnp.asarray(rng.integers(0, V, (2, 3)))
-        ua, sa = tx.update(jax.grad(_loss)(pa, x, y), sa, pa)
-        ub, sb = tx.update(jax.grad(_loss)(pb, x, y), sb, pb)
+        xs = batch(t)
+        ua, sa = tx.update(jax.grad(loss)(pa, *xs), sa, pa)
+        ub, sb = tx.update(jax.grad(loss)(pb, *xs), sb, pb)
         pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
-        image = transform(pa)
-        num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree_util.tree_leaves(pb),
-                                                              jax.tree_util.tree_leaves(image)))
-        den = sum(float(jnp.sum(b ** 2)) for b in jax.tree_util.tree_leaves(image))
-        worst = max(worst, (num / den) ** 0.5)
+        image = jax.tree_util.tree_leaves(g(pa))
+        num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree_util.tree_leaves(pb), image))
+        worst = max(worst, (num / sum(float(jnp.sum(b ** 2)) for b in image)) ** 0.5)
     return worst
+
+
+def _batch(t):
+    rng = np.random.default_rng(10 + t)
+    return jnp.asarray(rng.normal(size=(2, 3, D))), jnp.asarray(rng.integers(0, V, (2, 3)))
+
+
+def _protocol(tx):
+    return protocol(tx, _params(), transform, _loss, _batch)
 
 
 def test_ddc_adam_is_equivariant_under_the_hand_written_gauge():
@@ -158,22 +165,10 @@ def test_equinox_mlp_binds_and_ddc_adam_is_equivariant():
     def loss(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(run(p, x), y).mean()
 
-    def protocol(tx, steps=6):
-        pa, pb = params, g(params)
-        sa, sb = tx.init(pa), tx.init(pb)
-        worst = 0.0
-        for t in range(steps):
-            r = np.random.default_rng(20 + t)
-            xs, ys = jnp.asarray(r.normal(size=(6, 4))), jnp.asarray(r.integers(0, 3, 6))
-            ua, sa = tx.update(jax.grad(loss)(pa, xs, ys), sa, pa)
-            ub, sb = tx.update(jax.grad(loss)(pb, xs, ys), sb, pb)
-            pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
-            image = g(pa)
-            num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree_util.tree_leaves(pb),
-                                                                  jax.tree_util.tree_leaves(image)))
-            worst = max(worst, (num / sum(float(jnp.sum(b ** 2)) for b in jax.tree_util.tree_leaves(image))) ** 0.5)
-        return worst
+    def batch(t):
+        r = np.random.default_rng(20 + t)
+        return jnp.asarray(r.normal(size=(6, 4))), jnp.asarray(r.integers(0, 3, 6))
 
     assert abs(float(loss(params, x, jnp.zeros(6, int)) - loss(g(params), x, jnp.zeros(6, int)))) < 1e-12
-    assert protocol(gj.ddc_adam(1e-2, weight_decay=0.1, gauges=binding)) < 1e-12
-    assert protocol(optax.adamw(1e-2, weight_decay=0.1)) > 1e-6
+    assert protocol(gj.ddc_adam(1e-2, weight_decay=0.1, gauges=binding), params, g, loss, batch) < 1e-12
+    assert protocol(optax.adamw(1e-2, weight_decay=0.1), params, g, loss, batch) > 1e-6
