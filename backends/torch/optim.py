@@ -389,14 +389,9 @@ class DDCAdam(torch.optim.Optimizer):
         """A zero state tensor for ``p``: bound tensors keep state in their work layout (a weight bound
         transposed keeps transposed moments; a row permutation keeps permuted ones)."""
         shape = self._work_shapes.get(id(p)) if bound else None
-        if shape is None or tuple(shape) == tuple(p.shape) and not self._permuted(p):
+        if shape is None or tuple(shape) == tuple(p.shape):  # (a row permutation keeps the shape)
             return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         return torch.zeros(shape, dtype=dtype, device=p.device)
-
-    def _permuted(self, p: Tensor) -> bool:
-        layout = self.binding.layout
-        return any(q is p and (layout.transpose[i] or layout.perms[i] is not None)
-                   for i, (_, q) in enumerate(self.binding.params))
 
     def _uses_moments(self, p: Tensor) -> bool:
         """Whether ``p`` keeps per-coordinate Adam moments (every tensor here; not Muon's in ``DDCMuon``)."""

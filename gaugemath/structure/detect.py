@@ -75,9 +75,6 @@ class Proposal:
     d_head: int = 0
     via: str = ""
 
-    def params(self) -> set[str]:
-        return {v.param for vs in self.roles.values() for v in vs}
-
 
 @dataclass(frozen=True)
 class Refusal:
