@@ -25,6 +25,18 @@ PROVED_OVERLAPS = (
     (("norm_scale", "cols"), ("ce_shift", "cols")),
 )
 
+#: Overlaps proved for the jointly balanced frame (``frames="balanced"``, ``proofs/transformer_block.md``):
+#: any row rescale with any column rescale of one matrix (solved jointly), a column rescale with the
+#: class-axis shift (centred first) or with a row rotation (column norms are rotation-invariant).
+BALANCED_OVERLAPS = PROVED_OVERLAPS + tuple(
+    ((a, "cols"), (b, "rows")) for a in ("norm_scale", "relu_rescale", "swiglu_rescale")
+    for b in ("relu_rescale", "swiglu_rescale")) + (
+    (("relu_rescale", "cols"), ("ce_shift", "cols")),
+    (("swiglu_rescale", "cols"), ("ce_shift", "cols")),
+    (("relu_rescale", "cols"), ("head_rotation", "rows")),
+    (("swiglu_rescale", "cols"), ("head_rotation", "rows")),
+)
+
 
 def _axes(spec: GaugeSpec, key: str, families: dict) -> dict[str, str]:
     """parameter → axis the family acts on (``rows``/``cols``/``all``)."""
@@ -49,20 +61,22 @@ def _keys(spec: GaugeSpec) -> list[str]:
     return [spec.family]
 
 
-def _proved(a: tuple[str, str], b: tuple[str, str]) -> bool:
+def _proved(a: tuple[str, str], b: tuple[str, str], balanced: bool = False) -> bool:
     return any(a[0].startswith(x[0]) and a[1] == x[1] and b[0].startswith(y[0]) and b[1] == y[1]
                or b[0].startswith(x[0]) and b[1] == x[1] and a[0].startswith(y[0]) and a[1] == y[1]
-               for x, y in PROVED_OVERLAPS)
+               for x, y in (BALANCED_OVERLAPS if balanced else PROVED_OVERLAPS))
 
 
-def compose(specs: Sequence[GaugeSpec], families: dict,
-            frames: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
+def compose(specs: Sequence[GaugeSpec], families: dict, frames: bool = True,
+            balanced: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
     """Keep the specs whose overlaps with the specs kept before them are proved compositions.
 
     Taken in canonicalisation order (:data:`ORDER`, then as given); a spec whose parameter another
-    kept spec acts on, in a pattern not in :data:`PROVED_OVERLAPS`, is refused with both named.
+    kept spec acts on, in a pattern not in :data:`PROVED_OVERLAPS` (``balanced``, the jointly balanced
+    frame: :data:`BALANCED_OVERLAPS`), is refused with both named.
     ``frames``: a unit rescale that overlaps nothing is given the balance frame (the anchor frame
-    otherwise); explicit specs keep the frame they name.
+    otherwise); explicit specs keep the frame they name (with ``balanced`` the scale families' own
+    frames are not used).
     """
     unknown = [s for s in specs if any(k not in families for k in _keys(s))]
     if unknown:
@@ -77,7 +91,7 @@ def compose(specs: Sequence[GaugeSpec], families: dict,
         clash = None
         for other, oaxes in kept:
             for name in set(axes) & set(oaxes):
-                if not _proved((other.family, oaxes[name]), (spec.family, axes[name])):
+                if not _proved((other.family, oaxes[name]), (spec.family, axes[name]), balanced):
                     clash = (other, name)
                     break
             if clash:

@@ -45,11 +45,13 @@ def _role_of(fam, index: int) -> str:
     raise KeyError(index)  # pragma: no cover
 
 
-def _orthogonal(fa, ax: str, fb, ay: str, a: int, b: int) -> bool:
+def _orthogonal(fa, ax: str, fb, ay: str, a: int, b: int, balanced: bool = False) -> bool:
     pair = {(fa.kind, ax), (fb.kind, ay)}
     if ("scale", "cols") in pair and ({("plane", "rows"), ("head", "rows")} & pair):
         return True
     if ("scale", "cols") in pair and ("translate", "cols") in pair:
+        if balanced:  # centred first, then balanced: a column scaling keeps the columns centred
+            return True
         first = fa if a < b else fb  # the translation must be canonicalised after the scale
         return first.kind == "scale"
     return False
@@ -92,9 +94,10 @@ class Coupling:
 
     ``bases[i]``: the parameter entry ``i`` belongs to (row views of a parameter, see
     :class:`~gaugemath.backends._spec.Layout`); default: every entry is its own parameter.
+    ``balanced``: the frames are ``"balanced"`` (translations canonicalised before the scales).
     """
 
-    def __init__(self, families, names: list[str], bases: list[int] | None = None):
+    def __init__(self, families, names: list[str], bases: list[int] | None = None, balanced: bool = False):
         if bases is not None:
             _check_aliases(families, names, bases)
         owners: dict[int, list[tuple[int, str]]] = {}
@@ -113,7 +116,7 @@ class Coupling:
                         edges.append((f, g, i, ax == "rows"))
                         adjacency[f].add(g)
                         adjacency[g].add(f)
-                    elif not _orthogonal(families[f], ax, families[g], ay, f, g):
+                    elif not _orthogonal(families[f], ax, families[g], ay, f, g, balanced):
                         raise GaugeError(families[g].family.gauge, names[i],
                                          f"parameter is bound to '{families[f].name}' ({ax}) and "
                                          f"'{families[g].name}' ({ay}): these orbit families are not orthogonal "

@@ -87,7 +87,8 @@ def _theta(num: NumericGauge, seed: int, separated: bool) -> dict[str, np.ndarra
 
 def _bound(num, specs, values):
     model = Blocks(values)
-    binding = bind(model, specs, check=False)  # catalogue blocks: no forward pass
+    # catalogue blocks: no forward pass; the symbolic core's frames (each family's own, in binding order)
+    binding = bind(model, specs, check=False, frames="per_family")
     tensors = {n: p for n, p in binding.params}
     return model, binding, tensors
 
@@ -265,23 +266,22 @@ def test_freeze_never_turns_roundoff_into_a_step():
         assert torch.equal(p, q)
 
 
-def test_update_is_horizontal_at_the_canonical_point():
+@pytest.mark.parametrize("frames", ["balanced", "per_family"])
+def test_update_is_horizontal_at_the_canonical_point(frames):
     """freeze: Δθ̃ has no component along the orbit (Xᵀ Δθ̃ = 0 to round-off)."""
+    from gaugemath.backends.torch.check import canonical_point
+
     torch.manual_seed(4)
     model = tiny_gpt().double()
-    binding = bind(model)
+    binding = bind(model, frames=frames)
     opt = DDCAdam(model.parameters(), binding=binding, lr=1e-2, weight_decay=0.1)
     idx = torch.randint(0, 11, (4, 9))
     model.loss(idx[:, :-1], idx[:, 1:]).backward()
     before = [p.detach().clone() for _, p in binding.params]
-    frames = []
-    for fam in binding.families:
-        h = fam.frame(before)
-        fam.act(h, before)
-        frames.append(h)
+    applied = canonical_point(binding, before)
     opt.step()
     after = [p.detach().clone() for _, p in binding.params]
-    for fam, h in zip(binding.families, frames):
+    for fam, h in applied:
         fam.act(h, after)  # same frame: θ̃' − θ̃ is the canonical update
     delta = [a - b for a, b in zip(after, before)]
     for fam in binding.families:
@@ -350,7 +350,9 @@ def test_head_dimension_that_does_not_split_and_shape_disagreements():
         bind(mlp, [GaugeSpec("relu_rescale.nope", {})], check=False)
 
 
-def test_balance_frame_on_a_shared_matrix_is_refused():
+def test_balance_frame_on_a_shared_matrix_is_refused_per_family_and_solved_jointly_balanced():
+    """Per family, balancing a unit whose matrix another gauge scales does not compose (refused); the
+    jointly balanced frame solves the two together and binds (checked on the model)."""
     model = tiny_gpt()
     from gaugemath.backends.torch import detect
 
@@ -358,7 +360,9 @@ def test_balance_frame_on_a_shared_matrix_is_refused():
              for s in detect(model)]
     with pytest.raises(GaugeError, match="composite frame of norm_scale.rmsnorm .cols. and swiglu_rescale.balance "
                                          ".rows. on one tensor is not proved"):
-        bind(model, specs)
+        bind(model, specs, frames="per_family")
+    binding = bind(model, specs)
+    assert not binding.refusals and "canonical points agree" in binding.checked
 
 
 def test_optimizer_errors_name_parameter_and_gauge():

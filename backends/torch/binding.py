@@ -32,12 +32,16 @@ from .orbits import BoundFamily
 
 __all__ = ["Binding", "GaugeSpec", "TensorView", "bind", "detect"]
 
+#: how canonical points are chosen (:func:`bind`'s ``frames``)
+FRAMES = ("balanced", "per_family")
+
 
 @dataclass
 class Binding:
     """Bound parameters (``(name, tensor)``, in binding order), the orbit families on them, how the
     optimizer lays them out (:class:`~gaugemath.backends._spec.Layout`: family roles index its
-    entries), the families refused with their reasons, and what was checked."""
+    entries), the families refused with their reasons, what was checked, and how canonical points are
+    chosen (``frames``, see :func:`bind`)."""
 
     params: list[tuple[str, Tensor]]
     families: list[BoundFamily] = field(default_factory=list)
@@ -45,6 +49,7 @@ class Binding:
     refusals: list[Refusal] = field(default_factory=list)
     model_numel: int = 0
     checked: str = ""
+    frames: str = "balanced"
 
     def __post_init__(self) -> None:
         if self.layout is None:
@@ -200,9 +205,10 @@ def _build(model: nn.Module, specs: Sequence[GaugeSpec], prefix: str = "") -> Bi
 
 
 # ----------------------------------------------------------------------- wrappers, targets
-def compose(specs: Sequence[GaugeSpec], frames: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
+def compose(specs: Sequence[GaugeSpec], frames: bool = True,
+            balanced: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
     """:func:`gaugemath.backends._compose.compose` with the torch backend's families."""
-    return _compose(specs, FAMILIES, frames)
+    return _compose(specs, FAMILIES, frames, balanced)
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
@@ -301,7 +307,8 @@ def _loss(model: nn.Module, loss):
 
 
 def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=None,
-         loss: str | Callable | None = None, check: bool = True, seed: int = 0) -> Binding:
+         loss: str | Callable | None = None, check: bool = True, seed: int = 0,
+         frames: str = "balanced") -> Binding:
     """Bind ``model``'s parameters to the gauges of its computation.
 
     Args:
@@ -315,6 +322,11 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
             admits the logit shift), or a callable ``output -> tensor``. Default ``model.gauge_loss``.
         check: check every family on the model (:mod:`.check`); ``False`` binds explicit specs unchecked.
         seed: seed of the check's random group elements.
+        frames: how the optimizers choose each orbit's canonical point. ``"balanced"`` (default): the
+            scale families jointly at the minimum-norm point of their orbit (:mod:`.balance`; where the
+            scaling charges balance), translations before and rotations after; ``"per_family"``: each
+            family's own generated frame in binding order (anchors where two families share a matrix,
+            ``‖W_out[:, k]‖ = 1``, ``|γ_i| = 1``), the frames of gaugemath ≤ 0.3.
 
     A family the graph does not support, whose composition is not proved, or that fails the check
     is not bound; ``Binding.refusals`` (and ``print(binding)``) say why. Explicit specs that fail
@@ -325,6 +337,9 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
 
     from .check import check_binding
 
+    if frames not in FRAMES:
+        raise ValueError(f"frames={frames!r}: choose from {FRAMES}")
+    balanced = frames == "balanced"
     inner, prefix = _unwrap(model)
     loss = _loss(inner, loss)
     refusals: list[Refusal] = []
@@ -338,12 +353,12 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
         graph = trace(inner, args, kwargs, target_of(loss))
         found = detect_graph(graph)
         refusals += found.refusals
-        chosen, refused = compose(unique_names([_spec_of(p) for p in found.proposals]))
+        chosen, refused = compose(unique_names([_spec_of(p) for p in found.proposals]), balanced=balanced)
         refusals += refused
         if not chosen and not refusals:
             raise GaugeError("bind", type(inner).__name__, "no gauge found in the computation")
     else:
-        chosen, refused = compose(list(specs), frames=False)
+        chosen, refused = compose(list(specs), frames=False, balanced=balanced)
         if refused:
             raise GaugeError(refused[0].gauge, refused[0].where, refused[0].reason)
     seen: dict[str, int] = {}
@@ -365,7 +380,9 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
              else keep.append(s))
         chosen = keep
     binding = _build(inner, chosen, prefix)
-    check_balance_frames(binding.families)
+    binding.frames = frames
+    if not balanced:
+        check_balance_frames(binding.families)
     binding.refusals = refusals
     if check and binding.families:
         binding = check_binding(inner, binding, chosen, args, kwargs, target_of(loss), seed, strict=specs is not None,

@@ -146,6 +146,7 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
     refusals = list(binding.refusals) + [
         Refusal(next(f.family.gauge for f in fams if f.name == n), n, r) for n, r in bad_names.items()]
     rebuilt = _build(model, keep, prefix)
+    rebuilt.frames = binding.frames
     rebuilt.refusals = refusals
     if rebuilt.families:
         return check_binding(model, rebuilt, keep, args, kwargs, target, seed, strict, prefix)
@@ -184,10 +185,25 @@ def _frame_gap(x: Tensor, y: Tensor) -> float:
 
 
 def _canonical(binding, tensors: list[Tensor], only: list[int]) -> list[Tensor]:
-    """The composed canonical point, degenerate units given the identity frame (as the optimizer does)."""
+    """The composed canonical point of families ``only``, computed as the optimizer computes it
+    (:func:`~.balance.canonicalise`: the binding's ``frames``, degenerate units given the identity)."""
     ents = binding.entries(binding.to_work(tensors))
-    for f in only:
-        fam = binding.families[f]
-        h = fam.frame(ents)
-        fam.act(fam.identity_where(fam.degenerate(ents, h), h), ents)
+    canonical_point(binding, ents, only)
     return ents[: len(tensors)]
+
+
+def canonical_point(binding, ents: list[Tensor], only: Sequence[int] | None = None) -> list:
+    """In place on work entries ``ents``: ``θ ← h(θ)·θ`` for families ``only`` (default all) in the
+    optimizer's order; returns ``(family, h)`` pairs in the order applied."""
+    from .balance import JointBalance, balanced_order, canonicalise
+    from .batching import Batch
+
+    fams = [binding.families[f] for f in (range(len(binding.families)) if only is None else only)]
+    balance = None
+    if binding.frames == "balanced":
+        fams = [fams[i] for i in balanced_order(fams)]
+        names = binding.entry_names()
+        balance = JointBalance(fams, names, [binding.layout.base(i) for i in range(len(names))])
+    batches = [Batch([f], fam, fam.units) for f, fam in enumerate(fams)]
+    frames, _, _ = canonicalise(batches, ents, None, balance)
+    return list(zip(fams, frames))

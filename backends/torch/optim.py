@@ -44,6 +44,7 @@ from gaugemath.errors import GaugeError
 
 from .._spec import entry_shape
 from . import batching
+from .balance import JointBalance, balanced_order, canonicalise
 from .batching import Batch, Layout
 from .binding import Binding, entries, reindexed, restrict, stored, work_copies
 from .kernels import KERNELS, KernelFamily, adam_directions, select
@@ -136,6 +137,7 @@ class DDCAdam(torch.optim.Optimizer):
         self._work_shapes = {id(p): entry_shape(layout, [tuple(q.shape) for _, q in params], i)
                              for i, (_, p) in enumerate(params)}
         lead = self._clusters(where)
+        balanced = self.binding.frames == "balanced"
         plans = []
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -150,6 +152,8 @@ class DDCAdam(torch.optim.Optimizer):
                 return lead[where[id(params[layout.base(entry)][1])]]
 
             fams = [f for f in self.binding.families if group_of(f.members()[0][1]) == gi]
+            if balanced:  # translations, scales (balanced jointly), rotations
+                fams = [fams[i] for i in balanced_order(fams)]
             sub, entry_map = restrict(layout, mine)
             families = [reindexed(f, entry_map) for f in fams]
             devices = {p.device for p in bound}
@@ -158,6 +162,7 @@ class DDCAdam(torch.optim.Optimizer):
             entry_names = [names[id(p)] for p in bound] + [f"{names[id(bound[i])]}[rows {a}:{b}]"
                                                            for i, a, b in sub.views]
             decays = tuple(self.param_groups[where[id(p)]]["weight_decay"] for p in bound)
+            bases = [sub.base(i) for i in range(len(entry_names))]
             plans.append({
                 "free": [p for p in group["params"] if id(p) not in bound_ids],
                 "bound": bound,
@@ -166,8 +171,8 @@ class DDCAdam(torch.optim.Optimizer):
                 "families": families,
                 "groups": sorted({where[id(p)] for p in bound}),
                 "decays": decays if len(set(decays)) > 1 else None,
-                "projector": Projector(families, entry_names, [sub.base(i) for i in range(len(entry_names))])
-                if families else None,
+                "projector": Projector(families, entry_names, bases, balanced) if families else None,
+                "balance": JointBalance(families, entry_names, bases) if balanced and families else None,
             })
         return plans
 
@@ -449,7 +454,9 @@ class DDCAdam(torch.optim.Optimizer):
                 plan["path"] = "reference"
             if plan["path"] == "triton" and "kernel_families" not in plan:
                 fams = [KernelFamily.of(f) for f in plan["families"]]
-                proj = Projector(fams, plan["names"])
+                balanced = plan["balance"] is not None
+                proj = Projector(fams, plan["names"], balanced=balanced)
+                plan["kernel_balance"] = JointBalance(fams, plan["names"]) if balanced else None
                 plan["kernel_families"] = (fams, proj, [Batch([f], fam, fam.units) for f, fam in enumerate(fams)], None)
             if plan["path"] == "reference" and "batches" not in plan:
                 fams = plan["families"]
@@ -482,14 +489,9 @@ class DDCAdam(torch.optim.Optimizer):
         else:  # one work buffer; tensors and layer stacks are views of it
             theta_flat, theta = layout.buffer([p.detach() for p in params], work)
             grad = layout.buffer([g for _, g, _ in slots], work)[1]
-        frames, masks = [], []
-        for b in batches:  # 1. canonical coordinates, covector rule
-            h = b.family.frame(theta)
-            mask = b.family.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
-            h = b.family.identity_where(mask, h)
-            b.family.act_pair(h, theta, grad)
-            frames.append(h)
-            masks.append(mask)
+        balance = plan["kernel_balance"] if path == "triton" else plan["balance"]
+        # 1. canonical coordinates (θ̃, and g̃ by the covector rule)
+        frames, masks, balance_infos = canonicalise(batches, theta, grad, balance, sync=not _compiling())
         grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
         grams = [torch.where(b.family.unit_mask(m, g), _unit_gram(g), g) for b, m, g in zip(batches, masks, grams)]
         c_theta = [_off(b, m, c) for b, m, c in zip(batches, masks, c_theta)]
@@ -543,7 +545,7 @@ class DDCAdam(torch.optim.Optimizer):
         for b, h in zip(reversed(batches), reversed(frames)):
             b.family.act(h, theta, inverse=True)
         if self.nonfinite != "unchecked":
-            self._check_update(theta[:n], plan, batches, frames, fact["info"])
+            self._check_update(theta[:n], plan, batches, frames, fact["info"], balance_infos)
         for k, (p, t) in enumerate(zip(params, theta[:n])):
             p.copy_(stored(lay, k, t))
 
@@ -588,14 +590,14 @@ class DDCAdam(torch.optim.Optimizer):
         return ((m / bc1) / ((v.sqrt() / bc2**0.5).add_(veps))).to(c.dtype) / norm
 
     def _check_update(self, theta: list[Tensor], plan: dict, batches: list[Batch], frames: list,
-                      infos: list[Tensor]) -> None:
+                      infos: list[Tensor], balance_infos: list[Tensor] = ()) -> None:
         """One host sync: is the update finite and was every coupled Gram block positive definite? If
         not, name the family (and layer) whose frame broke, or the coupled families."""
         # finite, and representable in the parameters' dtype (an fp64 work value above fp32's max is inf there)
         peak = torch.stack(torch._foreach_norm(theta, ord=float("inf")))
         ok = (torch.isfinite(peak) & (peak <= torch.finfo(plan["bound"][0].dtype).max)).all()
-        if infos:
-            ok = ok & (torch.stack(infos) == 0).all()
+        if infos or balance_infos:
+            ok = ok & (torch.stack([*infos, *balance_infos]) == 0).all()
         if bool(ok):
             return
         if self.nonfinite == "skip":
@@ -624,6 +626,10 @@ class DDCAdam(torch.optim.Optimizer):
                 raise GaugeError(fams[comp.side_a[0]].family.gauge, names,
                                  "the Gram matrix of these coupled orbit families is numerically singular "
                                  "(nearly dependent orbit directions): the vertical projection is undefined")
+        if any(int(i) != 0 for i in balance_infos):
+            names = ", ".join(plan["families"][f].name for f in plan["balance"].members)
+            raise GaugeError("balanced frame", names, "the joint balance of these scale families did not converge "
+                             "(nearly dependent orbit directions): the canonical point is undefined")
         fmax = torch.finfo(plan["bound"][0].dtype).max
         bad = next(i for i, t in enumerate(theta) if not (torch.isfinite(t).all() and t.abs().max() <= fmax))
         raise GaugeError(self.binding.gauge_of(plan["bound"][bad]), plan["names"][bad],

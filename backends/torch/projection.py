@@ -30,9 +30,10 @@ from .orbits import BoundFamily
 class Projector:
     """Evaluates the coupling structure of :class:`~gaugemath.backends._coupling.Coupling` on tensors."""
 
-    def __init__(self, families: list[BoundFamily], names: list[str], bases: list[int] | None = None):
+    def __init__(self, families: list[BoundFamily], names: list[str], bases: list[int] | None = None,
+                 balanced: bool = False):
         self.families = families
-        self.coupling = Coupling(families, names, bases)
+        self.coupling = Coupling(families, names, bases, balanced)
         self.components = self.coupling.components
 
     # ---------------------------------------------------------------- per step

@@ -1,0 +1,198 @@
+"""The jointly balanced canonical point of the scaling part of a binding (``frames="balanced"``).
+
+The two-sided scale families of a binding (unit rescales, norm-gain rescales: per unit ``k`` a
+log-scale ``a_k`` multiplying the slices of exponent ``e = ±1`` by ``e^{e a_k}``) generate an abelian
+group ``A ≅ ℝ^N`` (``N`` the number of units). Its canonical point is the minimum-norm point of the
+``A``-orbit:
+
+    a*(θ) = argmin_a F(θ, a),    F(θ, a) = Σ_t ‖e^a·θ_t‖² = Σ_j θ_j² exp(2 Σ_k e_kj a_k)
+
+(``j`` runs over the entries of the bound tensors, ``e_kj`` is the exponent with which unit ``k``
+scales entry ``j``). Three facts make it a canonical frame (``proofs/transformer_block.md``,
+"balanced frame"):
+
+* ``F(e^b·θ, a) = F(θ, a + b)``, so ``a*(e^b·θ) = a*(θ) − b`` and ``h(θ) = e^{a*(θ)}`` satisfies
+  ``h(g·θ)·g·θ = h(θ)·θ`` exactly, for every ``g ∈ A``;
+* ``∇_a F(θ, 0) = 2 Xᵀθ`` and ``∇²_a F(θ, 0) = 4 Γ`` with ``X_k = e_k θ|_k`` the generators and
+  ``Γ = XᵀX`` their Gram matrix: ``F`` is strictly convex wherever the orbit is non-degenerate, so
+  the minimiser is unique, and at it every scaling charge ``Q_k = ⟨X_k, θ⟩ = Σ_{e=+1} θ² − Σ_{e=−1} θ²``
+  vanishes — the point "where the Noether charges balance";
+* ``F`` is unchanged by the binding's other factors when they are canonicalised around it: a row
+  rotation (heads, RoPE planes) keeps every column norm, and a class-axis translation is applied
+  *first*, so ``F`` sees centred columns, which a column scaling keeps centred.
+
+Unlike an anchor (``‖W_out[:, k]‖ = 1``), the balanced point does not move step size from one side
+of a unit to the other: Adam's per-coordinate step in canonical coordinates maps back to about the
+same relative step on both sides (measured in ``docs/results.md``).
+
+Solve. A family that shares no matrix with another scale family has, per unit,
+``F_k = A e^{2a} + B e^{−2a}`` with ``A = Σ_{e=+1} θ² = (Γ_kk + c_k)/2``,
+``B = Σ_{e=−1} θ² = (Γ_kk − c_k)/2`` (``c = Xᵀθ``): ``a* = ¼ log(B/A)`` in closed form. Families that
+share a matrix (a row rescale and a column rescale of ``W_fc``: a SwiGLU/ReLU unit and the norm gain
+before it) are coupled; after the closed form, Newton's method ``a ← a − ½ Γ⁻¹ Xᵀθ`` (``Γ`` factored
+by :class:`~.projection.Projector`'s Schur complement) converges quadratically to fp64 resolution:
+iterated until the step is below ``√ε`` and then once more (error ~ ``ε``), at most
+:data:`MAX_NEWTON` times. A unit whose slices are zero on one side has no minimum (its orbit is
+degenerate): it keeps ``a = 0`` and is excluded from the vertical space, as with every frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .batching import Batch
+from .orbits import BoundFamily, _reduce
+from .projection import Projector
+
+#: Newton iterations at most on coupled families (quadratic convergence: 3–5 are used in practice)
+MAX_NEWTON = 30
+#: A Newton step is clamped to |Δa| ≤ this (a trust region in log-scale; inactive near the optimum)
+MAX_STEP = 2.0
+
+#: kinds of family canonicalised before / after the scaling part, in ``frames="balanced"``
+BEFORE, AFTER = ("translate",), ("plane", "head")
+
+
+def two_sided(fam: BoundFamily) -> bool:
+    """A scale family with slices of both signs of exponent, all ``±1`` (a minimum-norm point exists)."""
+    exps = {s.exponent for s in fam.family.slices}
+    return fam.kind == "scale" and exps == {1, -1}
+
+
+def balanced_order(families: list[BoundFamily]) -> list[int]:
+    """The canonicalisation order of ``frames="balanced"``: translations, then every scale family, then
+    rotations (each group in binding order). Returns the permutation of family indices."""
+    first = [f for f, fam in enumerate(families) if fam.kind in BEFORE]
+    last = [f for f, fam in enumerate(families) if fam.kind in AFTER]
+    middle = [f for f, fam in enumerate(families) if f not in first and f not in last]
+    return first + middle + last
+
+
+class JointBalance:
+    """``h(θ) = e^{a*(θ)}`` for the two-sided scale families among ``families`` (per-family list;
+    ``names``/``bases`` as for :class:`~.projection.Projector`)."""
+
+    def __init__(self, families: list[BoundFamily], names: list[str], bases: list[int] | None = None):
+        self.members = [f for f, fam in enumerate(families) if two_sided(fam)]
+        sub = [families[f] for f in self.members]
+        self.projector = Projector(sub, names, bases) if sub else None
+        coupled = self.projector.coupling.coupled if sub else set()
+        self.coupled = {self.members[i] for i in coupled}
+
+    def __bool__(self) -> bool:
+        return bool(self.members)
+
+    def solve(self, batches: list[Batch], theta: list[Tensor], sync: bool = True) -> dict:
+        """Balance ``θ`` in place; returns ``{batch position: (h, mask)}`` for the batches of two-sided
+        families (``h = e^{a*}`` per unit, the identity on degenerate units ``mask``) and, under the key
+        ``"info"``, ``0`` if Newton converged (a tensor: checked with the update, no sync here).
+        ``batches``' ``members`` index the ``families`` given at construction. ``sync=False``
+        (under ``torch.compile``): a fixed number of Newton steps, no host read of the step size."""
+        mine = {i: b for i, b in enumerate(batches) if b.members[0] in set(self.members)}
+        logs: dict[int, Tensor] = {}
+        masks: dict[int, Tensor] = {}
+        for i, b in mine.items():  # closed form per unit: exact for uncoupled families
+            plus, minus = sides(b.family, theta)
+            masks[i] = (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus)
+            a = torch.where(masks[i], torch.zeros_like(plus), 0.25 * torch.log(minus / plus))
+            b.family.act(torch.exp(a), theta)
+            logs[i] = a
+        newton = {i: b for i, b in mine.items() if any(f in self.coupled for f in b.members)}
+        info = theta[0].new_zeros((), dtype=torch.int32)
+        if newton:
+            info = self._newton(newton, theta, logs, masks, sync)
+        out: dict = {i: (torch.exp(logs[i]), masks[i]) for i in mine}
+        out["info"] = info
+        return out
+
+    def _newton(self, newton: dict[int, Batch], theta: list[Tensor], logs: dict, masks: dict, sync: bool) -> Tensor:
+        """Newton steps ``a ← a − ½ Γ⁻¹ Xᵀθ`` on the coupled families, ``θ`` rescaled after each."""
+        proj = self.projector
+        local = {f: k for k, f in enumerate(self.members)}
+        eps = torch.finfo(theta[0].dtype).eps
+        converged = theta[0].new_zeros((), dtype=torch.bool)
+        info = theta[0].new_zeros((), dtype=torch.int32)
+        final = False
+        for it in range(MAX_NEWTON if sync else 6):
+            grams: list[Tensor | None] = [None] * len(self.members)
+            rhs: list[Tensor | None] = [None] * len(self.members)
+            fmask: list[Tensor | None] = [None] * len(self.members)
+            for i, b in newton.items():
+                gram, c = b.family.gram_and_self_coords(theta)
+                gram = torch.where(masks[i], torch.ones_like(gram), gram)
+                c = torch.where(masks[i], torch.zeros_like(c), c)
+                for f, g_part, c_part, m_part in zip(b.members, b.split(gram), b.split(c), b.split(masks[i])):
+                    grams[local[f]], rhs[local[f]], fmask[local[f]] = g_part, c_part[:, None], m_part
+            for f in self.members:  # families not iterated (uncoupled, balanced in closed form): a zero step
+                k = local[f]
+                if grams[k] is None:
+                    units = proj.families[k].units
+                    grams[k] = theta[0].new_ones(units)
+                    rhs[k] = theta[0].new_zeros(units, 1)
+                    fmask[k] = torch.zeros(units, dtype=torch.bool, device=theta[0].device)
+            fact = proj.factor(theta, grams, fmask)
+            x = proj.solve(fact, rhs)
+            info = info + sum(fact["info"])
+            biggest = None
+            for i, b in newton.items():
+                step = (-0.5 * b.join([x[local[f]][:, 0] for f in b.members])).clamp(-MAX_STEP, MAX_STEP)
+                step = torch.where(masks[i], torch.zeros_like(step), step)
+                b.family.act(torch.exp(step), theta)
+                logs[i] = logs[i] + step
+                size = step.abs().max()
+                biggest = size if biggest is None else torch.maximum(biggest, size)
+            if not sync:
+                continue
+            if final:
+                converged = torch.ones((), dtype=torch.bool, device=theta[0].device)
+                break
+            final = bool(biggest <= eps ** 0.5)  # quadratic convergence: one more step reaches ~ε
+        if sync and not bool(converged):
+            info = info + 1
+        return info
+
+
+def sides(fam: BoundFamily, theta: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per unit ``(Σ_{e=+1} θ², Σ_{e=−1} θ²)`` over the family's slices, ``(units,)`` each (summed
+    separately, not recovered from ``Γ ± Xᵀθ``, which loses the smaller side to cancellation)."""
+    out = {}
+    for s, i in fam.members():
+        t = theta[i]
+        v = _reduce(t * t, s.axis)
+        out[s.exponent] = v if s.exponent not in out else out[s.exponent] + v
+    return out[1], out[-1]
+
+
+def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] | None = None,
+                 balance: JointBalance | None = None, sync: bool = True) -> tuple[list, list[Tensor], list[Tensor]]:
+    """Step 1 of DDCAdam, in place: ``θ ← h(θ)·θ`` and ``g ← D(h)^{-T} g`` batch by batch, in the
+    batches' order (``balance``: the two-sided scale families jointly, :class:`JointBalance`; every
+    other family by its own generated frame). A unit whose frame is undefined
+    (:meth:`~.orbits.BoundFamily.degenerate`) takes the identity and no vertical space.
+
+    Returns per batch the frame ``h`` and the degenerate-unit mask, and the convergence flags of the
+    joint solve (tensors, ``0``: converged; checked with the update)."""
+    frames, masks, infos = [], [], []
+    joint: dict | None = None
+    members = set(balance.members) if balance else set()
+    for i, b in enumerate(batches):
+        fam = b.family
+        if b.members[0] in members:
+            if joint is None:
+                joint = balance.solve(batches, theta, sync=sync)
+                infos.append(joint["info"])
+            h, mask = joint[i]
+            if grad is not None:
+                fam.act(h, grad, covector=True)
+        else:
+            h = fam.frame(theta)
+            mask = fam.degenerate(theta, h)
+            h = fam.identity_where(mask, h)
+            if grad is not None:
+                fam.act_pair(h, theta, grad)  # (one fused launch on the kernel path)
+            else:
+                fam.act(h, theta)
+        frames.append(h)
+        masks.append(mask)
+    return frames, masks, infos
