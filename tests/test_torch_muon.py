@@ -9,7 +9,7 @@ import sympy as sp
 
 torch = pytest.importorskip("torch")
 
-from gaugemath.backends.torch import DDCMuon, newton_schulz  # noqa: E402
+from gaugemath.backends.torch import DDCMuon, bind, newton_schulz  # noqa: E402
 
 import gaugemath.verify as V  # noqa: E402
 from gaugemath.models import tiny_gpt  # noqa: E402
@@ -79,11 +79,42 @@ def test_ddc_muon_protocol_fp64(name):
     assert V.run_protocol(CONSTRUCTIONS[name], "ddc_muon", "float64", steps=10) < 1e-12
 
 
-@pytest.mark.parametrize("name", ["ce_shift", "relu_rescale", "swiglu_rescale", "norm_scale.rmsnorm",
-                                  "head_rotation.rope", "head_rotation.norope", "transformer.rmsnorm_swiglu"])
+@pytest.mark.parametrize("name", sorted(CONSTRUCTIONS))
 def test_ddc_muon_protocol_fp32_and_muon_control(name):
-    assert V.run_protocol(CONSTRUCTIONS[name], "ddc_muon", "float32", steps=20) < 1e-6
+    """The paper's protocol as ``gaugemath verify --optimizer muon --dtype float32`` runs it: relative
+    deviation below the bar 1e-6 (ddc.md §3) at every one of 50 fp32 steps. Measured with the default
+    (balanced) frames, seed 0: 2.4e-7 … 4.0e-7 (vit.layernorm_relu), against 2.0e-6 on
+    transformer.layernorm_relu with per-family frames (``bench/muon_floor.py --frames per_family``); so
+    a regression of either the frames or Muon's precision fails here. Control: Muon + AdamW > 1e-3."""
+    assert V.run_protocol(CONSTRUCTIONS[name], "ddc_muon", "float32", steps=50) < 1e-6
     assert V.run_protocol(CONSTRUCTIONS[name], "muon", "float32", steps=20) > 1e-3
+
+
+def test_ddc_muon_protocol_fp32_worst_measured_seed():
+    """The largest fp32 deviation seen over seeds 0–4 of norm_scale.layernorm, both transformers and the ViT:
+    vit.layernorm_relu at seed 2, 6.6e-7 with the default float64 canonical Newton–Schulz
+    (``canonical_ns_dtype=torch.float32``: 1.09e-6). Bar 1e-6 (ddc.md §3). Plain Muon with momentum and
+    Newton–Schulz in float64 shows 2.0e-6 here from the protocol's fp32 rounding alone
+    (``bench/muon_floor.py --seed 2``: Newton–Schulz amplifies the rounding in the near-null directions of
+    LayerNorm-fed gradients)."""
+    assert V.run_protocol(CONSTRUCTIONS["vit.layernorm_relu"], "ddc_muon", "float32", steps=50, seed=2) < 1e-6
+
+
+def test_bound_muon_tensors_keep_momentum_and_newton_schulz_in_float64():
+    """The precision choice the fp32 protocol rests on (test above): bound Muon tensors keep their momentum,
+    hence run Newton–Schulz, in ``canonical_ns_dtype`` (float64 by default); free ones in the parameter
+    dtype with bf16 Newton–Schulz, as ``torch.optim.Muon``."""
+    model = tiny_gpt()
+    binding = bind(model)
+    opt = DDCMuon(model.parameters(), binding=binding, lr=1e-2)
+    idx = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
+    model.loss(idx[:, :-1], idx[:, 1:]).backward()
+    opt.step()
+    bound = {id(p) for _, p in binding.params}
+    dtypes = {id(p) in bound: opt.state[p]["momentum_buffer"].dtype for p in model.parameters()
+              if id(p) in opt.muon_ids}
+    assert dtypes == {True: torch.float64, False: torch.float32}
+    assert (opt.ns[4], opt.ns[5]) == (torch.bfloat16, torch.float64)
 
 
 def test_muon_params_must_be_matrices():
