@@ -112,23 +112,30 @@ def orbit_drift(binding: Binding, theta: list[Tensor]) -> dict[str, float]:
 def vertical_parts(binding: Binding, before: list[Tensor], after: list[Tensor]) -> tuple[float, dict[str, float]]:
     """Vertical fraction ``‖P_V ũ‖/‖ũ‖`` of the update ``after − before`` in the invariant metric, and per
     family ``‖X_F a_F‖/‖ũ‖`` (its component). Tensors in binding order; computed in float64."""
-    t0 = [t.double().clone() for t in before]
-    t1 = [t.double().clone() for t in after]
-    for f in binding.families:  # canonical frame of θ_t, applied to θ_t and θ_{t+1} (composed, binding order)
-        h = f.frame(t0)
-        f.act(h, t0)
+    from gaugemath.backends.torch.check import canonical_point
+
+    t0 = binding.entries(binding.to_work(before, torch.float64))
+    t1 = binding.entries(binding.to_work(after, torch.float64))
+    applied = canonical_point(binding, t0)  # the optimizer's composed frame of θ_t (the binding's ``frames``)
+    for f, h in applied:  # … applied to θ_{t+1} too
         f.act(h, t1)
-    u = [b - a for a, b in zip(t0, t1)]
+    fams = [f for f, _ in applied]
+    n = len(binding.params)
+    u = [b - a for a, b in zip(t0[:n], t1[:n])]
     size = _norm(u)
     if size == 0.0:
         return 0.0, {f.name: 0.0 for f in binding.families}
-    projector = Projector(binding.families, [n for n, _ in binding.params])
-    coef = projector.solve(projector.factor(t0), [f.coords(t0, u)[..., None] for f in binding.families])
-    total = [torch.zeros_like(t) for t in t0]
+    u = binding.entries(u)
+    names = binding.entry_names()
+    projector = Projector(fams, names, [binding.layout.base(i) for i in range(len(names))],
+                          balanced=binding.frames == "balanced")
+    coef = projector.solve(projector.factor(t0), [f.coords(t0, u)[..., None] for f in fams])
+    total = [torch.zeros_like(t) for t in t0[:n]]
     per_family = {}
-    for f, c in zip(binding.families, coef):
-        part = [torch.zeros_like(t) for t in t0]
+    for f, c in zip(fams, coef):
+        part = binding.entries([torch.zeros_like(t) for t in t0[:n]])
         f.lift(c[..., 0], t0, part)
+        part = part[:n]
         per_family[f.name] = _norm(part) / size
         torch._foreach_add_(total, part)
     return _norm(total) / size, per_family

@@ -48,14 +48,22 @@ def orbit_drift(binding: JaxBinding, params) -> dict[str, jax.Array]:
 
 def vertical_fraction(binding: JaxBinding, before, after) -> jax.Array:
     """``‖P_V ũ‖/‖ũ‖`` for the update ``after − before`` (pytrees), at the canonical point of ``before``."""
-    t0, t1 = bound_leaves(binding, before), bound_leaves(binding, after)
-    for f in binding.families:  # the composed frame of θ_t, applied to both points
-        h = f.frame(t0)
-        t0, t1 = f.act(h, t0), f.act(h, t1)
-    u = [b - a for a, b in zip(t0, t1)]
-    projector = Projector(binding.families, list(binding.paths))
-    coef = projector.solve(projector.factor(t0), [f.coords(t0, u)[..., None] for f in binding.families])
-    out = [jnp.zeros_like(t) for t in t0]
-    for f, c in zip(binding.families, coef):
-        out = f.lift(c[..., 0], t0, out)
-    return _norm(out) / _norm(u)
+    from gaugemath.backends.jax.check import canonical_point
+    from gaugemath.backends.jax.layout import entries, sync, to_work
+
+    lay = binding.layout
+    t0 = entries(lay, to_work(lay, bound_leaves(binding, before)))
+    t1 = entries(lay, to_work(lay, bound_leaves(binding, after)))
+    t0, applied = canonical_point(binding, t0)  # the optimizer's composed frame of θ_t, applied to both points
+    for f, h in applied:
+        t1 = sync(lay, t1, f.act(h, t1))
+    fams = [f for f, _ in applied]
+    n = len(binding.paths)
+    u = entries(lay, [b - a for a, b in zip(t0[:n], t1[:n])])
+    names = binding.entry_names()
+    projector = Projector(fams, names, [lay.base(i) for i in range(len(names))], binding.frames == "balanced")
+    coef = projector.solve(projector.factor(t0), [f.coords(t0, u)[..., None] for f in fams])
+    out = entries(lay, [jnp.zeros_like(t) for t in t0[:n]])
+    for f, c in zip(fams, coef):
+        out = sync(lay, out, f.lift(c[..., 0], t0, out))
+    return _norm(out[:n]) / _norm(u[:n])

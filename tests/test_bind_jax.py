@@ -146,20 +146,28 @@ def test_equinox_mlp_binds_and_ddc_adam_is_equivariant():
         return jax.vmap(eqx.combine(p, static))(x)
 
     x = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)))
+    per_family = gj.bind(params, apply=run, example=(x,), loss="cross_entropy", frames="per_family")
+    assert [f.family.key for f in per_family.families] == ["relu_rescale.balance", "ce_shift.W", "ce_shift.b"]
+    assert any("layers.1.weight is also acted on" in r.reason for r in per_family.refusals)  # 2nd unit overlaps
+    # the jointly balanced frame binds every gauge: both hidden layers' unit rescales (coupled through
+    # layers.1.weight: rows by the 2nd, columns by the 1st) and, on the output layer, the 2nd rescale
+    # with the logit shift
     binding = gj.bind(params, apply=run, example=(x,), loss="cross_entropy")
-    assert [f.family.key for f in binding.families] == ["relu_rescale.balance", "ce_shift.W", "ce_shift.b"]
-    assert any("layers.1.weight is also acted on" in r.reason for r in binding.refusals)  # the 2nd unit overlaps
+    assert [f.family.gauge for f in binding.families] == ["relu_rescale", "relu_rescale", "ce_shift", "ce_shift"]
+    assert not binding.refusals
 
     rng = np.random.default_rng(4)
-    s = jnp.exp(jnp.asarray(rng.uniform(-1, 1, 8)))
+    s, r = (jnp.exp(jnp.asarray(rng.uniform(-1, 1, 8))) for _ in range(2))
     v = jnp.asarray(rng.normal(size=8))
 
-    def g(p):  # by hand: unit k of layer 0 (row k, bias k) × s_k, column k of layer 1 / s_k; logits shift
-        lay = list(p.layers)
-        w0, b0, w1, w2, b2 = (lay[0].weight, lay[0].bias, lay[1].weight, lay[2].weight, lay[2].bias)
-        q = eqx.tree_at(lambda t: (t.layers[0].weight, t.layers[0].bias, t.layers[1].weight, t.layers[2].weight,
-                                   t.layers[2].bias), p,
-                        (w0 * s[:, None], b0 * s, w1 / s[None, :], w2 + v[None, :], b2 + 0.4))
+    def g(p):  # by hand: unit k of layer 0 (row k, bias k) × s_k, column k of layer 1 / s_k; the same with r
+        lay = list(p.layers)  # for layer 1's units against layer 2's columns; the logits shift
+        w0, b0, w1, b1, w2, b2 = (lay[0].weight, lay[0].bias, lay[1].weight, lay[1].bias, lay[2].weight,
+                                  lay[2].bias)
+        q = eqx.tree_at(lambda t: (t.layers[0].weight, t.layers[0].bias, t.layers[1].weight, t.layers[1].bias,
+                                   t.layers[2].weight, t.layers[2].bias), p,
+                        (w0 * s[:, None], b0 * s, w1 * r[:, None] / s[None, :], b1 * r,
+                         w2 / r[None, :] + v[None, :], b2 + 0.4))
         return q
 
     def loss(p, x, y):

@@ -75,6 +75,16 @@ def test_ddc_muon_is_equivariant_under_the_hand_written_gauge(case):
     assert protocol(case, make, steps=4) < 1e-12
 
 
+def test_per_family_frames_refuse_the_overlaps_the_balanced_frame_solves():
+    """frames="per_family" (anchors): the ReLU rescale and the CE shift on one output layer do not compose
+    (refused, named); the default balanced frame binds both (the MLP classifier case above)."""
+    case = _case("nn.Sequential MLP classifier")
+    model = case.make()
+    binding = bind(model, example=example(case)[0], loss="cross_entropy", frames="per_family")
+    assert Counter(f.family.key for f in binding.families) == {"relu_rescale.balance": 1}
+    assert any("2.weight is also acted on" in str(r) for r in binding.refusals), str(binding)
+
+
 # ----------------------------------------------------------------------------- explicit specs, checked
 def _case(name):
     return next(c for c in CASES if c.name == name)
@@ -141,14 +151,16 @@ def test_square_in_out_kernel_bound_as_out_in_is_refused_and_detected_transposed
     assert torch.allclose(model(x), moved(x), rtol=1e-12, atol=1e-12)
 
 
-def test_mlp_classifier_overlap_is_refused_not_bound_inexactly():
+def test_mlp_classifier_overlap_is_refused_per_family_and_bound_exactly_balanced():
     case = _case("nn.Sequential MLP classifier")
     model = case.make()
     specs = [GaugeSpec("relu_rescale.anchor", {"W_in": "0.weight", "b_in": "0.bias", "W_out": "2.weight"}),
              GaugeSpec("ce_shift", {"W": "2.weight", "b": "2.bias"})]
     with pytest.raises(GaugeError, match="composite frame of relu_rescale.anchor .cols. and ce_shift .cols. "
                                          "on one tensor is not proved"):
-        bind(model, specs, example=example(case)[0], loss="cross_entropy")
+        bind(model, specs, example=example(case)[0], loss="cross_entropy", frames="per_family")
+    binding = bind(model, specs, example=example(case)[0], loss="cross_entropy")  # checked on the model
+    assert len(binding.families) == 3 and "canonical points agree" in binding.checked
 
 
 # ----------------------------------------------------------------------------- wrappers and conventions

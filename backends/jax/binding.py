@@ -40,6 +40,7 @@ class JaxBinding:
     layout: Layout | None = None
     refusals: tuple = ()
     checked: str = ""
+    frames: str = "balanced"
 
     def __post_init__(self) -> None:
         if self.layout is None:
@@ -82,7 +83,7 @@ class JaxBinding:
 
 
 def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, example: Sequence = (), loss=None,
-         check: bool = True) -> JaxBinding:
+         check: bool = True, frames: str = "balanced") -> JaxBinding:
     """Bind the leaves of ``params`` to gauges (errors name the leaf path and gauge).
 
     Args:
@@ -96,10 +97,14 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
             (``log_softmax`` of the output: admits the logit shift), or a callable ``output -> array``.
         check: ``False`` binds explicit specs unchecked (the catalogue's own constructions, or shapes
             only, as in ``jax.eval_shape``).
+        frames: ``"balanced"`` (default) or ``"per_family"``: how canonical points are chosen, as in the
+            torch :func:`~gaugemath.backends.torch.bind`.
 
     Detected families that fail the check are refused (listed in ``refusals``); explicit specs that
     fail raise a :class:`GaugeError` with the measured change.
     """
+    if frames not in ("balanced", "per_family"):
+        raise ValueError(f"frames={frames!r}: choose from ('balanced', 'per_family')")
     target = _target(loss)
     refusals: list = []
     if specs is None:
@@ -111,11 +116,12 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
         from .._compose import compose, spec_of, unique_names
 
         found = detect(trace(apply, params, tuple(example), target))
-        specs, refused = compose(unique_names([spec_of(p) for p in found.proposals]), FAMILIES)
+        specs, refused = compose(unique_names([spec_of(p) for p in found.proposals]), FAMILIES,
+                                 balanced=frames == "balanced")
         refusals = list(found.refusals) + refused
         while True:
             try:
-                binding = _bind(params, specs, apply, example, target, check)
+                binding = _bind(params, specs, apply, example, target, check, frames)
                 break
             except GaugeError as e:  # a detected family that is not a gauge of this model: refused
                 bad = [s for s in specs if s.name == e.block]
@@ -125,8 +131,8 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
 
                 refusals.append(Refusal(e.gauge, e.block, e.reason))
                 specs = [s for s in specs if s is not bad[0]]
-        return JaxBinding(binding.paths, binding.families, binding.layout, tuple(refusals), binding.checked)
-    return _bind(params, specs, apply, example, target, check)
+        return JaxBinding(binding.paths, binding.families, binding.layout, tuple(refusals), binding.checked, frames)
+    return _bind(params, specs, apply, example, target, check, frames)
 
 
 def _target(loss):
@@ -139,13 +145,14 @@ def _target(loss):
     raise ValueError(f"loss={loss!r}: pass None, 'cross_entropy' or a callable output -> array")
 
 
-def _bind(params, specs, apply, example, target, check) -> JaxBinding:
+def _bind(params, specs, apply, example, target, check, frames: str = "balanced") -> JaxBinding:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
     order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
-    check_balance_frames(fams)
-    binding = JaxBinding(tuple(order), fams, layout)
+    if frames != "balanced":
+        check_balance_frames(fams)
+    binding = JaxBinding(tuple(order), fams, layout, frames=frames)
     if check and fams:
         if apply is None:
             raise GaugeError("bind", ", ".join(order[:3]), "explicit specs are checked on the model: pass apply=fn "
@@ -153,5 +160,5 @@ def _bind(params, specs, apply, example, target, check) -> JaxBinding:
         from .check import check_binding
 
         summary = check_binding(binding, params, apply, tuple(example), target)
-        binding = JaxBinding(binding.paths, binding.families, binding.layout, (), summary)
+        binding = JaxBinding(binding.paths, binding.families, binding.layout, (), summary, frames)
     return binding

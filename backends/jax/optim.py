@@ -25,6 +25,8 @@ import optax
 
 from gaugemath.errors import GaugeError
 
+from .._balance import balanced_order
+from .balance import JointBalance
 from .binding import JaxBinding, _key
 from .layout import entries, from_work, sync, to_work, to_work_one
 from .projection import Projector
@@ -129,8 +131,14 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
     binding = gauges if gauges is not None else JaxBinding((), ())
     veps = eps if vertical_eps is None else vertical_eps
     lay = binding.layout
-    projector = Projector(list(binding.families), binding.entry_names(),
-                          [lay.base(i) for i in range(len(binding.entry_names()))]) if binding.families else None
+    fams = list(binding.families)
+    balanced = binding.frames == "balanced"
+    if balanced:  # translations, scales (balanced jointly), rotations
+        fams = [fams[i] for i in balanced_order(fams)]
+    names = binding.entry_names()
+    bases = [lay.base(i) for i in range(len(names))]
+    projector = Projector(fams, names, bases, balanced) if fams else None
+    balance = JointBalance(fams, names, bases) if balanced and fams else None
 
     def leaves_by_path(tree, what):
         flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -147,7 +155,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         return out
 
     def vertical_shapes(leaves, idx):
-        return [((f.units, f.d_head, f.d_head) if f.kind == "head" else (f.units,)) for f in binding.families]
+        return [((f.units, f.d_head, f.d_head) if f.kind == "head" else (f.units,)) for f in fams]
 
     def init(params):
         paths, leaves, treedef = leaves_by_path(params, "params")
@@ -227,9 +235,9 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_vert = state.vertical
         if idx:
             bufs = [state.momentum[muon_pos[i]] if i in muon_pos else None for i in idx]
-            theta_new, ms, vs, new_vert, bufs = _ddc_step([p_leaves[i] for i in idx], [g_leaves[i] for i in idx],
-                                                          [m_leaves[i] for i in idx], [v_leaves[i] for i in idx],
-                                                          state.vertical, t, lr, bufs, alr, awd)
+            theta_new, ms, vs, new_vert, bufs, converged = _ddc_step(
+                [p_leaves[i] for i in idx], [g_leaves[i] for i in idx], [m_leaves[i] for i in idx],
+                [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd)
             for i, buf in zip(idx, bufs):
                 if i in muon_pos:
                     new_mom[muon_pos[i]] = buf
@@ -237,6 +245,11 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 updates[i] = (theta_new[k] - p_leaves[i].astype(theta_new[k].dtype)).astype(p_leaves[i].dtype)
                 new_m[i], new_v[i] = ms[k], vs[k]
         update_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in updates]))
+        if idx:  # a joint balance that did not converge: the canonical point is undefined
+            if nonfinite == "raise" and not bool(converged):
+                raise GaugeError("balanced frame", ", ".join(fams[f].name for f in balance.members),
+                                 "the joint balance of these scale families did not converge (nothing was changed)")
+            update_ok = update_ok & converged
         if nonfinite == "raise" and not bool(update_ok):  # eager only (raise refuses to be traced, above)
             bad = next(p for p, u in zip(paths, updates) if not bool(jnp.all(jnp.isfinite(u))))
             cause = "the parameter is not finite" if not bool(jnp.all(jnp.isfinite(p_leaves[paths.index(bad)]))) \
@@ -255,7 +268,6 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         return unflat(updates), new_state
 
     def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd):
-        fams = binding.families
         muon_lr = lr
         if _muon is not None:  # the step is −ref (u + λθ̃): ref = lr, or while lr = 0 (a warmup) adam_lr (or 1)
             lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
@@ -267,11 +279,17 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
         bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
         frames, masks = [], []
-        for fam in fams:
-            h = fam.frame(theta)
-            mask = fam.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
-            h = fam.identity_where(mask, h)
-            theta = sync(lay, theta, fam.act(h, theta))
+        joint, converged = None, jnp.asarray(True)
+        for f, fam in enumerate(fams):
+            if balance is not None and f in balance.members:  # the two-sided scales, jointly
+                if joint is None:
+                    theta, joint, converged = balance.solve(theta, lay)
+                h, mask = joint[f]
+            else:
+                h = fam.frame(theta)
+                mask = fam.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
+                h = fam.identity_where(mask, h)
+                theta = sync(lay, theta, fam.act(h, theta))
             grad = sync(lay, grad, fam.act(h, grad, covector=True))
             frames.append(h)
             masks.append(mask)
@@ -335,7 +353,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             theta = sync(lay, theta, fam.act(h, theta, inverse=True))
         back = lambda xs: [x if x is None else from_work(lay, k, x) for k, x in enumerate(xs)]  # noqa: E731
         return (back(theta[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
-                back(new_bufs))
+                back(new_bufs), converged)
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
         if fam.kind == "head":

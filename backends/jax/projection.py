@@ -14,9 +14,9 @@ from .._coupling import Coupling
 
 
 class Projector:
-    def __init__(self, families, names, bases=None):
+    def __init__(self, families, names, bases=None, balanced: bool = False):
         self.families = families
-        self.coupling = Coupling(families, names, bases)
+        self.coupling = Coupling(families, names, bases, balanced)
 
     def factor(self, theta, masks=None) -> dict:
         """As the torch ``Projector.factor``; ``masks[f]``: units without vertical space (degenerate

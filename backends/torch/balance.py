@@ -41,33 +41,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._balance import two_sided
 from .batching import Batch
 from .orbits import BoundFamily, _reduce
 from .projection import Projector
 
 #: Newton iterations at most on coupled families (quadratic convergence: 3–5 are used in practice)
 MAX_NEWTON = 30
+#: Newton iterations under ``torch.compile`` (no host read of the step size): 5–6 reach fp64 from the closed form
+FIXED_NEWTON = 8
 #: A Newton step is clamped to |Δa| ≤ this (a trust region in log-scale; inactive near the optimum)
 MAX_STEP = 2.0
-
-#: kinds of family canonicalised before / after the scaling part, in ``frames="balanced"``
-BEFORE, AFTER = ("translate",), ("plane", "head")
-
-
-def two_sided(fam: BoundFamily) -> bool:
-    """A scale family with slices of both signs of exponent, all ``±1`` (a minimum-norm point exists)."""
-    exps = {s.exponent for s in fam.family.slices}
-    return fam.kind == "scale" and exps == {1, -1}
-
-
-def balanced_order(families: list[BoundFamily]) -> list[int]:
-    """The canonicalisation order of ``frames="balanced"``: translations, then every scale family, then
-    rotations (each group in binding order). Returns the permutation of family indices."""
-    first = [f for f, fam in enumerate(families) if fam.kind in BEFORE]
-    last = [f for f, fam in enumerate(families) if fam.kind in AFTER]
-    middle = [f for f, fam in enumerate(families) if f not in first and f not in last]
-    return first + middle + last
-
 
 class JointBalance:
     """``h(θ) = e^{a*(θ)}`` for the two-sided scale families among ``families`` (per-family list;
@@ -114,7 +98,7 @@ class JointBalance:
         converged = theta[0].new_zeros((), dtype=torch.bool)
         info = theta[0].new_zeros((), dtype=torch.int32)
         final = False
-        for it in range(MAX_NEWTON if sync else 6):
+        for _ in range(MAX_NEWTON if sync else FIXED_NEWTON):
             grams: list[Tensor | None] = [None] * len(self.members)
             rhs: list[Tensor | None] = [None] * len(self.members)
             fmask: list[Tensor | None] = [None] * len(self.members)

@@ -195,7 +195,8 @@ def _canonical(binding, tensors: list[Tensor], only: list[int]) -> list[Tensor]:
 def canonical_point(binding, ents: list[Tensor], only: Sequence[int] | None = None) -> list:
     """In place on work entries ``ents``: ``θ ← h(θ)·θ`` for families ``only`` (default all) in the
     optimizer's order; returns ``(family, h)`` pairs in the order applied."""
-    from .balance import JointBalance, balanced_order, canonicalise
+    from .._balance import balanced_order
+    from .balance import JointBalance, canonicalise
     from .batching import Batch
 
     fams = [binding.families[f] for f in (range(len(binding.families)) if only is None else only)]

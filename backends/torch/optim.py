@@ -42,9 +42,10 @@ from torch import Tensor
 
 from gaugemath.errors import GaugeError
 
+from .._balance import balanced_order
 from .._spec import entry_shape
 from . import batching
-from .balance import JointBalance, balanced_order, canonicalise
+from .balance import JointBalance, canonicalise
 from .batching import Batch, Layout
 from .binding import Binding, entries, reindexed, restrict, stored, work_copies
 from .kernels import KERNELS, KernelFamily, adam_directions, select

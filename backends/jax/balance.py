@@ -1,0 +1,86 @@
+"""The jointly balanced canonical point in JAX: the functional twin of the torch ``balance`` module.
+
+The same construction (see :mod:`gaugemath.backends.torch.balance` for the math): the two-sided
+scale families in closed form per unit (``a* = ¼ log(B/A)``), then Newton's method
+``a ← a − ½ Γ⁻¹ Xᵀθ`` on the families that share a matrix, in a ``lax.while_loop`` that stops one
+step after the step falls below ``√ε`` (at most :data:`MAX_NEWTON`), so it traces under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .._balance import two_sided
+from .layout import sync
+from .orbits import _reduce
+from .projection import Projector
+
+MAX_NEWTON = 30
+MAX_STEP = 2.0
+
+
+def sides(fam, theta):
+    """Per unit ``(Σ_{e=+1} θ², Σ_{e=−1} θ²)`` over the family's slices."""
+    out = {}
+    for s, i in fam.members():
+        v = _reduce(theta[i] * theta[i], s.axis)
+        out[s.exponent] = v if s.exponent not in out else out[s.exponent] + v
+    return out[1], out[-1]
+
+
+class JointBalance:
+    """``h(θ) = e^{a*(θ)}`` for the two-sided scale families among ``families``."""
+
+    def __init__(self, families, names, bases=None):
+        self.members = [f for f, fam in enumerate(families) if two_sided(fam)]
+        self.families = [families[f] for f in self.members]
+        self.projector = Projector(self.families, names, bases) if self.members else None
+        coupled = self.projector.coupling.coupled if self.members else set()
+        self.coupled = sorted(coupled)  # indices into self.families
+
+    def solve(self, theta: list, layout) -> tuple[list, dict, jax.Array]:
+        """``(θ balanced, {family index: (h, mask)}, converged)`` (indices into the ``families`` given
+        at construction; ``converged`` a boolean array)."""
+        logs, masks = [], []
+        for fam in self.families:  # closed form per unit: exact for uncoupled families
+            plus, minus = sides(fam, theta)
+            mask = (plus == 0) | (minus == 0) | ~jnp.isfinite(plus + minus)
+            a = jnp.where(mask, 0.0, 0.25 * jnp.log(jnp.where(mask, 1.0, minus / jnp.where(mask, 1.0, plus))))
+            theta = sync(layout, theta, fam.act(jnp.exp(a), theta))
+            logs.append(a)
+            masks.append(mask)
+        converged = jnp.asarray(True)
+        if self.coupled:
+            theta, logs, converged = self._newton(theta, logs, masks, layout)
+        out = {f: (jnp.exp(a), m) for f, a, m in zip(self.members, logs, masks)}
+        return theta, out, converged
+
+    def _newton(self, theta, logs, masks, layout):
+        proj, coupled = self.projector, self.coupled
+        eps = jnp.finfo(theta[0].dtype).eps
+
+        def body(carry):
+            theta, logs, it, final, done = carry
+            fact = proj.factor(theta, masks)
+            rhs = []
+            for k, fam in enumerate(self.families):
+                c = fam.coords(theta, theta) if k in coupled else jnp.zeros(fam.units, theta[0].dtype)
+                rhs.append(jnp.where(masks[k], 0.0, c)[:, None])
+            x = proj.solve(fact, rhs)
+            logs = list(logs)
+            biggest = jnp.asarray(0.0, theta[0].dtype)
+            for k in coupled:
+                step = jnp.clip(-0.5 * x[k][:, 0], -MAX_STEP, MAX_STEP)
+                step = jnp.where(masks[k], 0.0, step)
+                theta = sync(layout, theta, self.families[k].act(jnp.exp(step), theta))
+                logs[k] = logs[k] + step
+                biggest = jnp.maximum(biggest, jnp.max(jnp.abs(step)))
+            return theta, logs, it + 1, biggest <= jnp.sqrt(eps), final
+
+        def cond(carry):
+            return (~carry[4]) & (carry[2] < MAX_NEWTON)
+
+        start = (theta, logs, jnp.asarray(0), jnp.asarray(False), jnp.asarray(False))
+        theta, logs, _, _, done = jax.lax.while_loop(cond, body, start)
+        return theta, logs, done
