@@ -473,8 +473,10 @@ def transformer_block(mlp: str = "swiglu", norm_kind: str = "rmsnorm", *, d_mode
         summary=f"product of all catalogue gauges on a pre-{norm_kind} RoPE transformer block with a {mlp} MLP",
         factors=factors,
         model=model,
-        notes=("anchor frames are used for the unit rescale (‖W_out[:,k]‖ = 1) because balancing a block that "
-               "two factors touch does not compose",),
+        notes=("the factor-by-factor frame above uses anchors for the unit rescale (‖W_out[:,k]‖ = 1) because "
+               "balancing one factor after another on a block that two factors touch does not compose "
+               "(frames='per_family'); the jointly balanced frame (frames='balanced', the default) minimises "
+               "‖s·C(θ)‖² over all scalings at once: its checks are the 'balanced frame' rows",),
     )
 
 

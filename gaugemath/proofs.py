@@ -305,6 +305,103 @@ def _check_composed_frame_metric(gauge: ComposedGauge, points: int = 2, seed: in
     ] + _projector_identities_at_points(gauge, lambda pt: metric_sym.subs(pt), seed=seed, points=points)
 
 
+#: factor kinds of the balanced frame (``frames="balanced"``): translations first, rotations last
+_TRANSLATIONS, _ROTATIONS = ("ce_shift",), ("head_rotation",)
+
+
+def _balanced_parts(gauge: ComposedGauge):
+    """``(translation, scale, rotation)`` factor indices of a composition."""
+    kinds = [("T" if f.name in _TRANSLATIONS else "R" if f.name in _ROTATIONS else "S") for f in gauge.factors]
+    return ([i for i, k in enumerate(kinds) if k == w] for w in "TSR")
+
+
+def _only(gauge: ComposedGauge, element: dict[int, sp.Matrix]) -> tuple[sp.Matrix, ...]:
+    """A group element with the given factors' components and the identity elsewhere."""
+    return tuple(element.get(i, f.group.identity) for i, f in enumerate(gauge.factors))
+
+
+def _check_balanced_frame(gauge: ComposedGauge) -> list[Check]:
+    """The jointly balanced frame of ``frames="balanced"`` (:mod:`gaugemath.backends.torch.balance`).
+
+    ``C(θ)``: the translations' frames applied (the class-centred point); ``F(θ, s) = ‖s·C(θ)‖²`` for a
+    generic element ``s`` of the scaling factors ``A``; the canonical point is ``s*(θ)·C(θ)``, ``s*(θ) =
+    argmin_s F(θ, s)``, followed by the rotations' own (proved) frames. Proved here: ``F(a·θ, s) = F(θ, s·a)``
+    for ``a ∈ A`` (so ``s*(a·θ) = s*(θ)a⁻¹``), ``F`` invariant under the translations and rotations, the
+    rotations commuting with ``A`` and with ``C``, and ``∇²_{log s} F = 4Γ`` at ``s = 1`` (``Γ`` the Gram
+    matrix of ``A``'s generators at ``C(θ)``: ``F`` is strictly convex in ``log s`` where they are
+    independent, so ``s*`` is unique)."""
+    trans, scales, rots = _balanced_parts(gauge)
+    if not scales:
+        return []
+    th = gauge.blocks
+
+    def centred(params: Params) -> Params:
+        out = dict(params)
+        for i in trans:
+            f = gauge.factors[i]
+            out.update(f.act(f.frame(gauge._local(f, out)), gauge._local(f, out), simplify=False))
+        return out
+
+    def scaled(elem: dict, params: Params) -> Params:
+        return gauge.act(_only(gauge, elem), params, simplify=False)
+
+    def objective(params: Params, s: dict) -> sp.Expr:
+        flat = gauge.flatten(scaled(s, centred(params)))
+        return sum(e**2 for e in flat)
+
+    s_elem, a_elem, prod = {}, {}, {}
+    for i in scales:
+        f = gauge.factors[i]
+        s_elem[i] = f.generic_element(f"s{i}_")[0]
+        a_elem[i] = f.generic_element(f"a{i}_")[0]
+        prod[i] = f.compose(s_elem[i], a_elem[i])
+    base = objective(th, s_elem)
+    checks = [Check("balanced frame", "F(a·θ, s) = F(θ, s·a) for a generic scaling a (F = ‖s·C(θ)‖²)",
+                    sp.cancel(sp.together(objective(scaled(a_elem, th), s_elem) - objective(th, prod))))]
+    for i in trans + rots:
+        f = gauge.factors[i]
+        g = f.generic_element(f"g{i}_")[0]
+        moved = gauge.act(_only(gauge, {i: g}), th, simplify=False)
+        checks.append(Check("balanced frame", f"F({f.name}·θ, s) = F(θ, s): the objective is invariant under "
+                            f"{f.name}", sp.cancel(sp.together(objective(moved, s_elem) - base))))
+    for i in rots:
+        f = gauge.factors[i]
+        g = _only(gauge, {i: f.generic_element(f"r{i}_")[0]})
+        left = gauge.flatten(gauge.act(g, scaled(s_elem, th), simplify=False))
+        right = gauge.flatten(scaled(s_elem, gauge.act(g, th, simplify=False)))
+        checks.append(Check("balanced frame", f"{f.name} commutes with the scalings: r·(s·θ) = s·(r·θ)",
+                            _difference(left, right)))
+        left = gauge.flatten(centred(gauge.act(g, th, simplify=False)))
+        right = gauge.flatten(gauge.act(g, centred(th), simplify=False))
+        checks.append(Check("balanced frame", f"{f.name} commutes with the centring: C(r·θ) = r·C(θ)",
+                            _difference(left, right)))
+    # Hessian in log-scales at s = 1: 4Γ, Γ the Gram matrix of the scaling generators at C(θ)
+    labels = [k for k, lab in enumerate(gauge.labels) if any(lab.startswith(gauge.factors[i].name + ":")
+                                                              for i in scales)]
+    logs = sp.symbols(f"lambda_0:{len(labels)}", real=True)
+    x = gauge.generators_at(centred(th))[:, labels]
+    exps, k = {}, 0
+    for i in scales:
+        diag = s_elem[i].diagonal()
+        exps[i] = sp.Matrix([sp.exp(logs[k + j]) for j in range(len(diag))])
+        sub = {d: e for d, e in zip(diag, exps[i])}
+        exps[i] = s_elem[i].subs(sub)
+        k += len(diag)
+    f_log = objective(th, exps)
+    zero = {v: 0 for v in logs}
+    hess = sp.Matrix(len(logs), len(logs), lambda a, b: sp.diff(f_log, logs[a], logs[b]).subs(zero))
+    checks.append(Check("balanced frame", "∇²_{log s} F(θ, s) at s = 1 is 4Γ, Γ = XᵀX of the scaling generators at "
+                        "C(θ): F is convex in log s, strictly where the orbit directions are independent",
+                        (hess - 4 * x.T * x).applyfunc(lambda e: sp.cancel(sp.together(e)))))
+    checks.append(Check("balanced frame", "canonical point invariant: s*(g·θ)·C(g·θ) then the rotations' frames "
+                        "gives h(θ)·θ for every g", sp.S.Zero,
+                        detail="s* is the unique minimiser (strict convexity) and transforms as s*(a·θ) = s*(θ)a⁻¹; "
+                               "translations and rotations leave F unchanged and the rotations commute with C and the "
+                               "scalings, so the balanced point is invariant under A and T and moves with R, whose "
+                               "frame (proved per factor) makes it invariant"))
+    return checks
+
+
 def _check_charges(gauge: GaugeBase) -> list[Check]:
     theta = sp.Matrix(gauge.coordinates)
     n = len(theta)
@@ -376,8 +473,8 @@ def check_groups(gauge: GaugeBase) -> list:
     if isinstance(gauge, Gauge):
         return [_check_action, _check_invariance, _check_orthogonality, _check_brackets, _check_metric_projectors,
                 _check_frame, _check_charges, _check_extras]
-    return [_check_invariance, _check_orthogonality, _check_brackets, _check_composed_frame_metric, _check_charges,
-            _check_extras]
+    return [_check_invariance, _check_orthogonality, _check_brackets, _check_composed_frame_metric,
+            _check_balanced_frame, _check_charges, _check_extras]
 
 
 def prove(gauge: GaugeBase, variant: str = "default") -> Certificate:

@@ -73,11 +73,26 @@ class _Chain:
             opt.step()
 
 
+#: frame variants of the DDC optimizers, named ``ddcadam[per_family]`` (default frames: ``balanced``)
+VARIANTS = tuple(f"{o}[{f}]" for o in ("ddcadam", "ddcmuon") for f in ("balanced", "per_family"))
+
+
+def parse_optimizer(name: str) -> tuple[str, str | None]:
+    """``"ddcadam[per_family]"`` → ``("ddcadam", "per_family")``; a plain name → ``(name, None)``."""
+    base, _, rest = name.partition("[")
+    if name not in OPTIMIZERS and name not in VARIANTS:
+        raise ValueError(f"optimizer {name!r}: choose from {OPTIMIZERS + VARIANTS}")
+    return base, (rest.rstrip("]") or None)
+
+
 def make_optimizer(name: str, model: nn.Module, cfg: OptimizerConfig, binding=None, **ddc: Any):
-    """``adamw | ddcadam | muon | ddcmuon`` on ``model``; the DDC ones bind ``model``'s gauges
-    (``bind(model)`` unless ``binding`` is given). ``ddc`` goes to DDCAdam/DDCMuon."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer {name!r}: choose from {OPTIMIZERS}")
+    """``adamw | ddcadam | muon | ddcmuon`` on ``model``, or a frame variant such as
+    ``ddcadam[per_family]`` (:data:`VARIANTS`: the binding's ``frames``); the DDC ones bind ``model``'s
+    gauges (``bind(model)`` unless ``binding`` is given with the variant's frames). ``ddc`` goes to
+    DDCAdam/DDCMuon."""
+    name, frames = parse_optimizer(name)
+    if frames is not None and (binding is None or binding.frames != frames):
+        binding = bind(model, frames=frames)
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if name == "ddcadam":
@@ -165,7 +180,27 @@ def pyplot():
     return plt
 
 
-COLOURS = {"adamw": "tab:blue", "ddcadam": "tab:red", "muon": "tab:green", "ddcmuon": "tab:purple"}
+COLOURS = {"adamw": "tab:blue", "ddcadam": "tab:red", "muon": "tab:green", "ddcmuon": "tab:purple",
+           "ddcadam[balanced]": "tab:red", "ddcadam[per_family]": "tab:orange", "ddcmuon[balanced]": "tab:purple",
+           "ddcmuon[per_family]": "tab:pink"}
+
+#: the loss-spike rule of :func:`count_spikes`: a rise by more than FACTOR within WINDOW steps to above FLOOR
+SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_FLOOR = 5.0, 10, 0.2
+
+
+def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW,
+                 floor: float = SPIKE_FLOOR) -> int:
+    """Loss spikes in a per-step loss curve: step ``t`` is *in a spike* when
+    ``loss_t > max(floor, factor · min(loss_{t−window} … loss_{t−1}))``; a spike is a maximal run of
+    such steps (so one excursion counts once, however long). The early descent from the initial loss
+    never counts (the loss falls there)."""
+    count, inside = 0, False
+    for t in range(1, len(losses)):
+        low = min(losses[max(0, t - window) : t])
+        now = losses[t] > max(floor, factor * low)
+        count += now and not inside
+        inside = now
+    return count
 
 
 def grouped(records: Iterable[dict[str, Any]], *keys: str) -> Iterator[tuple[tuple, list[dict[str, Any]]]]:

@@ -30,9 +30,13 @@ from gaugemath.observe import Observer
 
 from ._common import (
     COLOURS,
+    SPIKE_FACTOR,
+    SPIKE_FLOOR,
+    SPIKE_WINDOW,
     OptimizerConfig,
     RunDir,
     configured,
+    count_spikes,
     make_optimizer,
     markdown_table,
     parallel_map,
@@ -107,9 +111,10 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
     opt = make_optimizer(optimizer, model, cfg.optim, binding=binding)
     obs = Observer(model, binding, weights=False, every=cfg.observe_every)
     fit = grok = None
-    history = []
+    history, losses = [], []
     for step in range(cfg.steps + 1):
         loss = F.cross_entropy(model(x_tr)[:, -1], y_tr)
+        losses.append(float(loss.detach()))  # every step: spikes between evaluations are seen (count_spikes)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"grokking: {optimizer} seed {seed}: loss is {float(loss)} at step {step}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -138,7 +143,8 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
     vf = [r["vertical_fraction"] for r in obs.records if "vertical_fraction" in r]
     return {"optimizer": optimizer, "seed": seed, "steps_to_fit": fit, "steps_to_grok": grok,
             "final_train_acc": history[-1]["train_acc"], "final_test_acc": history[-1]["test_acc"],
-            "vertical_fraction_mean": statistics.fmean(vf) if vf else None}, history
+            "vertical_fraction_mean": statistics.fmean(vf) if vf else None, "spikes": count_spikes(losses),
+            "train_loss_per_step": losses}, history
 
 
 def summarise(cfg: GrokkingConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,28 +154,51 @@ def summarise(cfg: GrokkingConfig, runs: list[dict[str, Any]]) -> list[dict[str,
         rs = [r for r in runs if r["optimizer"] == name]
         grokked = [r["steps_to_grok"] for r in rs if r["steps_to_grok"] is not None]
         vfs = [r["vertical_fraction_mean"] for r in rs if r["vertical_fraction_mean"] is not None]
+        spikes = [r["spikes"] for r in rs]
         rows.append({"optimizer": name, "seeds": len(rs), "grokked": len(grokked),
                      "median_steps_to_grok": statistics.median(grokked) if grokked else None,
+                     "mean_steps_to_grok": statistics.fmean(grokked) if grokked else None,
+                     "sd_steps_to_grok": statistics.stdev(grokked) if len(grokked) > 1 else None,
+                     "spikes_mean": statistics.fmean(spikes) if spikes else None,
+                     "spikes_sd": statistics.stdev(spikes) if len(spikes) > 1 else None,
                      "final_test_acc": statistics.fmean(r["final_test_acc"] for r in rs),
                      "final_train_acc": statistics.fmean(r["final_train_acc"] for r in rs),
                      "vertical_fraction": statistics.fmean(vfs) if vfs else None})
     return rows
 
 
+def _pm(mean: float | None, sd: float | None, digits: int = 0) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
-        ["optimizer", "grokked / seeds", "median steps to grok", "final test acc", "final train acc",
-         "update vertical fraction"],
+        ["optimizer", "grokked / seeds", "median steps to grok", "steps to grok (mean ± sd)",
+         f"loss spikes per run (×{SPIKE_FACTOR:g} in {SPIKE_WINDOW} steps, > {SPIKE_FLOOR:g})", "final test acc",
+         "final train acc", "update vertical fraction"],
         [[r["optimizer"], f"{r['grokked']}/{r['seeds']}",
-          "—" if r["median_steps_to_grok"] is None else r["median_steps_to_grok"], r["final_test_acc"],
-          r["final_train_acc"], "—" if r["vertical_fraction"] is None else r["vertical_fraction"]] for r in rows])
+          "—" if r["median_steps_to_grok"] is None else r["median_steps_to_grok"],
+          _pm(r.get("mean_steps_to_grok"), r.get("sd_steps_to_grok")), _pm(r.get("spikes_mean"), r.get("spikes_sd"), 1),
+          r["final_test_acc"], r["final_train_acc"], "—" if r["vertical_fraction"] is None else r["vertical_fraction"]]
+         for r in rows])
 
 
-def plot(cfg: GrokkingConfig, records: list[dict[str, Any]], path: Path) -> Path:
+def plot(cfg: GrokkingConfig, records: list[dict[str, Any]], path: Path, runs: list[dict[str, Any]] = ()) -> Path:
     """Train (dashed) and test (solid) accuracy and loss against step: a colour per optimizer, a marker and
-    shade per seed (both named in the legends)."""
+    shade per seed (both named in the legends); with ``runs``, a third panel: the train loss at every step
+    (where the spikes of :func:`~._common.count_spikes` show)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if runs else 2, figsize=(16.5 if runs else 11, 4))
+    for r in runs:
+        k = list(cfg.seeds).index(r["seed"]) if r["seed"] in cfg.seeds else 0
+        axes[2].semilogy(r["train_loss_per_step"], lw=0.6, color=COLOURS[r["optimizer"]],
+                         alpha=1.0 - 0.5 * k / max(len(cfg.seeds) - 1, 1),
+                         label=f"{r['optimizer']} seed {r['seed']}: {r['spikes']} spikes")
+    if runs:
+        axes[2].set(xlabel="step", ylabel="train cross-entropy", title="train loss at every step")
+        axes[2].legend(fontsize=6)
     markers = "os^vD<>p"
     for r_name in cfg.optimizers:
         for k, seed in enumerate(cfg.seeds):
@@ -213,7 +242,7 @@ def run(cfg: GrokkingConfig, out: str | Path, show_progress: bool = True) -> dic
     order = {(name, seed): k for k, (_, name, seed) in enumerate(jobs)}
     runs.sort(key=lambda r: order[r["optimizer"], r["seed"]])
     rows = summarise(cfg, runs)
-    plot(cfg, read_metrics(rundir.path / "metrics.jsonl"), rundir.figure_path("grokking"))
+    plot(cfg, read_metrics(rundir.path / "metrics.jsonl"), rundir.figure_path("grokking"), runs)
     rundir.finish({"runs": runs, "summary": rows, "table": table(rows)})
     return {"runs": runs, "summary": rows, "table": table(rows), "dir": str(rundir.path)}
 
