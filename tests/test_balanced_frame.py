@@ -16,11 +16,10 @@ import copy
 import mpmath
 import pytest
 import torch
-from third_party import CASES
-from torch import nn
-
 from gaugemath.backends.torch import DDCAdam, bind
 from gaugemath.backends.torch.check import canonical_point
+from third_party import CASES
+from torch import nn
 
 EPS = torch.finfo(torch.float64).eps
 
