@@ -4,7 +4,7 @@
                               [--dtype float32|bfloat16] [--canonical-dtype float32|float64] [--profile]
                               [--batch B] [--seq T] [--threads N] [--max-seconds S] [--compile]
                               [--compile-mode default|reduce-overhead|max-autotune] [--nonfinite raise|skip|unchecked]
-                              [--kernels auto|triton|reference]
+                              [--kernels auto|triton|reference] [--frames balanced|per_family]
 
 What is measured: ``optimizer.step()`` only. The model (``gpt_small_cpu()`` on CPU, ``gpt2_small()``
 on CUDA by default; ``torch.manual_seed(0)``) is built once, one batch of random token ids
@@ -104,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="torch.compile mode for --compile")
     ap.add_argument("--nonfinite", default="raise", choices=("raise", "skip", "unchecked"),
                     help="DDCAdam nonfinite (unchecked: no host sync per step)")
+    ap.add_argument("--frames", default="balanced", choices=("balanced", "per_family"),
+                    help="the binding's canonical points (bind(..., frames=...))")
     ap.add_argument("--kernels", default="auto", choices=("auto", "triton", "reference"),
                     help="DDCAdam kernel path (auto: Triton on CUDA; reference: torch ops, which --compile fuses)")
     args = ap.parse_args(argv)
@@ -182,8 +184,8 @@ def make_optimizer(kind: str, model: nn.Module, args: argparse.Namespace) -> tor
     if kind == "AdamW(fused)":
         return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
     canonical = None if args.canonical_dtype is None else DTYPES[args.canonical_dtype]
-    return DDCAdam(params, binding=bind(model), lr=LR, weight_decay=WEIGHT_DECAY, canonical_dtype=canonical,
-                   nonfinite=args.nonfinite, kernels=args.kernels)
+    return DDCAdam(params, binding=bind(model, frames=args.frames), lr=LR, weight_decay=WEIGHT_DECAY,
+                   canonical_dtype=canonical, nonfinite=args.nonfinite, kernels=args.kernels)
 
 
 def bench_compiled(reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
@@ -249,14 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     name, reference = prepared_model(args, device)
-    binding = bind(reference)
+    binding = bind(reference, frames=args.frames)
     n_params = sum(p.numel() for p in reference.parameters())
     n_bound = sum(p.numel() for _, p in binding.params)
     print(f"device: {device_name(device)}")
     print(f"torch {torch.__version__}, model {name}: {n_params:,} parameters ({args.dtype}), "
           f"batch {args.batch}x{args.seq}")
     print(f"binding: {len(binding.params)} bound parameters ({n_bound:,} elements), "
-          f"{len(binding.families)} orbit families; DDCAdam canonical_dtype={args.canonical_dtype or 'default'}, "
+          f"{len(binding.families)} orbit families, frames={args.frames}; DDCAdam "
+          f"canonical_dtype={args.canonical_dtype or 'default'}, "
           f"nonfinite={args.nonfinite}, kernels={args.kernels}"
           + (f"; compile mode {args.compile_mode}" if args.compile else ""))
     print(f"lr={LR}, weight_decay={WEIGHT_DECAY}; {args.warmup} warmup + {args.steps} timed steps each")

@@ -229,14 +229,18 @@ class DDCAdamLogNorm(DDCAdam):
     def __init__(self, params, binding=None, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, vertical: str = "freeze",
                  vertical_eps: float | None = None, vertical_rtol: float | None = None, nonfinite: str = "raise",
-                 canonical_dtype: torch.dtype | None = None, kernels: str | None = None, **kwargs):
+                 canonical_dtype: torch.dtype | None = None, kernels: str | None = None, frame: str = "lognorm",
+                 **kwargs):
+        if frame != "lognorm":
+            raise ValueError(f"frame={frame!r}: DDCAdamLogNorm is frame='lognorm'")
         if kernels == "triton":
             raise ValueError("kernels='triton': frame='lognorm' has no Triton kernels; use 'auto' or 'reference'")
         with warnings.catch_warnings(record=True) as caught:  # re-issued at the caller's line, not this one
             warnings.simplefilter("always")
             super().__init__(params, binding, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                              vertical=vertical, vertical_eps=vertical_eps, vertical_rtol=vertical_rtol,
-                             nonfinite=nonfinite, canonical_dtype=canonical_dtype, kernels="reference", **kwargs)
+                             nonfinite=nonfinite, canonical_dtype=canonical_dtype, kernels="reference",
+                             frame="lognorm", **kwargs)
         for w in caught:
             warnings.warn(w.message, w.category, stacklevel=2)
 

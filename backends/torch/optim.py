@@ -55,6 +55,7 @@ from .projection import Projector
 _HOLDERS: dict[int, tuple] = {}
 
 VERTICAL = ("freeze", "sgd", "adam")
+FRAMES = ("canonical", "lognorm")
 NONFINITE = ("raise", "skip", "unchecked")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -87,6 +88,12 @@ class DDCAdam(torch.optim.Optimizer):
             no sync, as ``torch.optim.AdamW`` (a non-finite gradient then makes non-finite
             parameters); the step is then one graph for
             ``torch.compile(..., fullgraph=True)`` and CUDA graphs.
+        frame: ``"canonical"`` (default): steps 1–5 above, in canonical coordinates of the binding's
+            frames (``bind(..., frames="balanced")`` by default); ``"lognorm"``: the second construction
+            of ddc.md §3, from the Lean model of the companion paper (per-block log-norms and the invariant
+            Adam input ``‖W‖·g_tan``, no canonical frame; :class:`~.lognorm.DDCAdamLogNorm`, which it
+            returns). It covers the rescale, norm-gain and shift gauges (rotations, and a coordinate two
+            scalings touch, are refused).
         kernels: ``"auto"`` (default, or the environment variable ``GAUGEMATH_KERNELS``): the generated
             Triton kernels for CUDA tensors when Triton imports, else the pure-torch reference path;
             ``"triton"`` (forced; ``RuntimeError`` where it cannot run) or ``"reference"``. Both paths
@@ -94,11 +101,24 @@ class DDCAdam(torch.optim.Optimizer):
             :mod:`gaugemath.backends.torch.kernels`.
     """
 
+    def __new__(cls, *args, frame: str = "canonical", **kwargs):
+        if frame not in FRAMES:
+            raise ValueError(f"frame={frame!r}: choose from {FRAMES}")
+        if frame == "lognorm" and cls is DDCAdam:
+            from .lognorm import DDCAdamLogNorm
+
+            return super().__new__(DDCAdamLogNorm)
+        return super().__new__(cls)
+
     def __init__(self, params: Iterable, binding: Binding | None = None, lr: float | Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  vertical: str = "freeze", vertical_eps: float | None = None, vertical_rtol: float | None = None,
                  nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None,
-                 kernels: str | None = None):
+                 kernels: str | None = None, frame: str = "canonical"):
+        if frame == "lognorm" and type(self).__name__ != "DDCAdamLogNorm":
+            raise ValueError(f"frame='lognorm' is a construction of DDCAdam's; {type(self).__name__} takes "
+                             "frame='canonical'")
+        self.frame = frame
         if vertical not in VERTICAL:
             raise ValueError(f"vertical={vertical!r}: choose from {VERTICAL}")
         if nonfinite not in NONFINITE:

@@ -73,8 +73,35 @@ class _Chain:
             opt.step()
 
 
-#: frame variants of the DDC optimizers, named ``ddcadam[per_family]`` (default frames: ``balanced``)
-VARIANTS = tuple(f"{o}[{f}]" for o in ("ddcadam", "ddcmuon") for f in ("balanced", "per_family"))
+#: frame variants of the DDC optimizers, named ``ddcadam[per_family]`` (default frames: ``balanced``), and
+#: ``ddcadam[lognorm]``: DDCAdam(frame="lognorm") on the gauges it covers (:func:`lognorm_binding`)
+VARIANTS = tuple(f"{o}[{f}]" for o in ("ddcadam", "ddcmuon") for f in ("balanced", "per_family")) + \
+    ("ddcadam[lognorm]",)
+
+
+def lognorm_binding(model: nn.Module):
+    """The binding ``frame="lognorm"`` can take on ``model``: every detected family but the rotations (the
+    Lean model has none) and the norm gains whose consumer a unit rescale also scales (a coordinate two
+    scalings touch), both named in ``refusals``; checked on the model like any binding."""
+    from gaugemath.backends.torch import detect
+    from gaugemath.structure.detect import Refusal
+
+    specs = detect(model)
+    units = {v for s in specs if s.family.split(".")[0] in ("relu_rescale", "swiglu_rescale")
+             for v in [s.roles.get("W_in", s.roles.get("W_up"))]}
+    keep, dropped = [], []
+    for s in specs:
+        consumers = s.roles.get("W", [])
+        consumers = [consumers] if isinstance(consumers, str) else list(consumers)
+        if s.family.startswith("head_rotation"):
+            dropped.append(Refusal(s.family, s.name, "frame='lognorm' has no rotation gauge"))
+        elif s.family.startswith("norm_scale") and set(consumers) & units:
+            dropped.append(Refusal(s.family, s.name, "frame='lognorm': its consumer is also scaled by a unit rescale"))
+        else:
+            keep.append(s)
+    binding = bind(model, keep)
+    binding.refusals = list(binding.refusals) + dropped
+    return binding
 
 
 def parse_optimizer(name: str) -> tuple[str, str | None]:
@@ -91,6 +118,9 @@ def make_optimizer(name: str, model: nn.Module, cfg: OptimizerConfig, binding=No
     gauges (``bind(model)`` unless ``binding`` is given with the variant's frames). ``ddc`` goes to
     DDCAdam/DDCMuon."""
     name, frames = parse_optimizer(name)
+    if frames == "lognorm":
+        return DDCAdam(model.parameters(), binding=lognorm_binding(model), lr=cfg.lr, betas=cfg.betas,
+                       weight_decay=cfg.weight_decay, frame="lognorm", **ddc)
     if frames is not None and (binding is None or binding.frames != frames):
         binding = bind(model, frames=frames)
     if name == "adamw":
@@ -182,7 +212,7 @@ def pyplot():
 
 COLOURS = {"adamw": "tab:blue", "ddcadam": "tab:red", "muon": "tab:green", "ddcmuon": "tab:purple",
            "ddcadam[balanced]": "tab:red", "ddcadam[per_family]": "tab:orange", "ddcmuon[balanced]": "tab:purple",
-           "ddcmuon[per_family]": "tab:pink"}
+           "ddcmuon[per_family]": "tab:pink", "ddcadam[lognorm]": "tab:brown"}
 
 #: the loss-spike rule of :func:`count_spikes`: a rise by more than FACTOR within WINDOW steps to above FLOOR
 SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_FLOOR = 5.0, 10, 0.2

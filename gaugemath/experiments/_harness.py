@@ -108,6 +108,8 @@ def train(model: nn.Module, opt: Any, loss_fn: Callable[[nn.Module, int], torch.
     (activation spectra included when ``probe`` is given).
     """
     tag = tag or {}
+    if binding is not None and isinstance(getattr(opt, "binding", None), Binding):
+        binding = opt.binding  # a DDC optimizer's own binding (its frames): observed in the metric it steps in
     obs = Observer(model, binding, weights=False, probe=probe) if (binding is not None or probe is not None) else None
     history: list[dict[str, Any]] = []
     phi0 = gauge_coordinates(binding, bound_tensors(binding)) if binding is not None else {}

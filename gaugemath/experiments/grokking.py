@@ -109,7 +109,7 @@ def train_one(cfg: GrokkingConfig, optimizer: str, seed: int, bar=None) -> tuple
     model = _model(cfg, seed)
     binding = bind(model)
     opt = make_optimizer(optimizer, model, cfg.optim, binding=binding)
-    obs = Observer(model, binding, weights=False, every=cfg.observe_every)
+    obs = Observer(model, getattr(opt, "binding", binding), weights=False, every=cfg.observe_every)  # its own frames
     fit = grok = None
     history, losses = [], []
     for step in range(cfg.steps + 1):
