@@ -30,9 +30,11 @@ Solve. A family that shares no matrix with another scale family has, per unit,
 ``B = Σ_{e=−1} θ² = (Γ_kk − c_k)/2`` (``c = Xᵀθ``): ``a* = ¼ log(B/A)`` in closed form. Families that
 share a matrix (a row rescale and a column rescale of ``W_fc``: a SwiGLU/ReLU unit and the norm gain
 before it) are coupled; after the closed form, Newton's method ``a ← a − ½ Γ⁻¹ Xᵀθ`` (``Γ`` factored
-by :class:`~.projection.Projector`'s Schur complement) converges quadratically to fp64 resolution:
-iterated until the step is below ``√ε`` and then once more (error ~ ``ε``), at most
-:data:`MAX_NEWTON` times. A unit whose slices are zero on one side has no minimum (its orbit is
+by :class:`~.projection.Projector`'s Schur complement) converges quadratically; once its steps are
+below :data:`CHORD` it keeps the last factorisation (chord steps, linear at a rate about that small, at
+the price of reductions and a solve instead of a new Schur complement) until the steps reach the
+round-off floor, at most :data:`MAX_NEWTON` steps (fp64: 2–3 Newton and 2–3 chord steps).
+A unit whose slices are zero on one side has no minimum (its orbit is
 degenerate): it keeps ``a = 0`` and is excluded from the vertical space, as with every frame.
 """
 
@@ -50,6 +52,11 @@ from .projection import Projector
 MAX_NEWTON = 30
 #: Newton iterations under ``torch.compile`` (no host read of the step size): 5–6 reach fp64 from the closed form
 FIXED_NEWTON = 8
+#: Below this step size (log-scale) Newton reuses its last factorisation (chord steps: each costs reductions
+#: and a solve, not a new Schur complement); their linear rate is about the change since that factorisation
+CHORD = 1e-3
+#: Steps at most this many ε: converged (the round-off floor of the charges ``Xᵀθ``)
+FLOOR = 64
 #: A Newton step is clamped to |Δa| ≤ this (a trust region in log-scale; inactive near the optimum)
 MAX_STEP = 2.0
 
@@ -97,7 +104,7 @@ class JointBalance:
         eps = torch.finfo(theta[0].dtype).eps
         converged = theta[0].new_zeros((), dtype=torch.bool)
         info = theta[0].new_zeros((), dtype=torch.int32)
-        final = False
+        final, fact, prev = False, None, None
         for _ in range(MAX_NEWTON if sync else FIXED_NEWTON):
             grams: list[Tensor | None] = [None] * len(self.members)
             rhs: list[Tensor | None] = [None] * len(self.members)
@@ -115,9 +122,10 @@ class JointBalance:
                     grams[k] = theta[0].new_ones(units)
                     rhs[k] = theta[0].new_zeros(units, 1)
                     fmask[k] = torch.zeros(units, dtype=torch.bool, device=theta[0].device)
-            fact = proj.factor(theta, grams, fmask)
+            if fact is None or prev is None or prev > CHORD:  # else a chord step: the last factorisation
+                fact = proj.factor(theta, grams, fmask)
+                info = info + sum(fact["info"])
             x = proj.solve(fact, rhs)
-            info = info + sum(fact["info"])
             biggest = None
             for i, b in newton.items():
                 step = (-0.5 * b.join([x[local[f]][:, 0] for f in b.members])).clamp(-MAX_STEP, MAX_STEP)
@@ -128,10 +136,14 @@ class JointBalance:
                 biggest = size if biggest is None else torch.maximum(biggest, size)
             if not sync:
                 continue
-            if final:
+            size = float(biggest)
+            if final or size <= FLOOR * eps:
                 converged = torch.ones((), dtype=torch.bool, device=theta[0].device)
                 break
-            final = bool(biggest <= eps ** 0.5)  # quadratic convergence: one more step reaches ~ε
+            # Newton (quadratic): one more step after √ε reaches ~ε; chord steps (linear, rate ~ the change
+            # since the factorisation, ≤ CHORD): stop at the round-off floor, where steps stop shrinking
+            final = size <= eps ** 0.5 and (prev is None or prev > CHORD or size > prev * 1e-2)
+            prev = size
         if sync and not bool(converged):
             info = info + 1
         return info
