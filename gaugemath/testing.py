@@ -4,6 +4,10 @@ Strategies draw random catalogue gauges (random widths), parameters, inputs and 
 elements; assertions check the facts a gauge-aware model or optimizer must satisfy, with
 error messages that name the gauge, the block and the size of the violation.
 
+For a torch model and optimizer of your own, :func:`binding_elements`, :func:`assert_model_invariant` and
+:func:`assert_optimizer_equivariant` (from :mod:`gaugemath.model_testing`) take the model and its
+``bind()`` ing; see docs/testing.md. For the catalogue's reference layers over flat parameter vectors:
+
 Example (a test in *your* suite; ``my_step`` is one step of your optimizer)::
 
     from hypothesis import given, settings
@@ -34,10 +38,24 @@ from hypothesis import strategies as st
 from .catalogue import gauge as build_gauge
 from .errors import GaugeError
 from .groups import POSITIVE
+from .model_testing import (  # noqa: F401  (your torch model and optimizer: see that module)
+    apply_gauge,
+    assert_model_invariant,
+    assert_optimizer_equivariant,
+    binding_elements,
+    describe_element,
+    transform_gradient,
+)
 from .numeric import GroupSample, NumericGauge
 
 __all__ = [
     "Problem",
+    "apply_gauge",
+    "assert_model_invariant",
+    "assert_optimizer_equivariant",
+    "binding_elements",
+    "describe_element",
+    "transform_gradient",
     "assert_charges_conserved",
     "assert_equivariant",
     "assert_frame_equivariant",

@@ -1,0 +1,227 @@
+"""Property tests of *your* torch model and optimizer under the gauges bound to it.
+
+Re-exported by :mod:`gaugemath.testing` (``import gaugemath.testing as gt``). Given a model and its
+verified :func:`~gaugemath.backends.torch.bind` ing:
+
+* :func:`binding_elements`: a Hypothesis strategy for group elements of the bound gauges (each family,
+  or a product of all), shrinking towards the identity — a failing test shrinks to the fewest, smallest
+  non-identity coordinates (typically one unit of one family);
+* :func:`apply_gauge` / :func:`transform_gradient`: the group action on a model's parameters, ``θ ← g·θ``,
+  and on a gradient as a covector, ``∇ ← D(g)^{-T} ∇`` (the binder's own action, ``Binding.act``);
+* :func:`assert_model_invariant`: ``loss(g·θ) = loss(θ)``;
+* :func:`assert_optimizer_equivariant`: the ddc.md protocol — run A from ``θ``, run B from ``g·θ``
+  receiving A's gradients transformed as covectors, both stepped by fresh optimizers from
+  ``make_optimizer`` (stateful ones included) for every batch; ``θ_B,t = g·θ_A,t`` at every step.
+
+Tolerances: ``√ε`` of the parameters' dtype (``1.5e-8`` for float64, ``3.5e-4`` for float32), the
+binder's own margin (:mod:`gaugemath.backends.torch.check`): an exact symmetry or equivariant
+optimizer moves by round-off, ``ε`` times the depth of the computation and the number of steps
+(1e-16 … 1e-12 measured in float64 over 8 steps), a broken one by the size of the gauge's effect
+(1e-3 … 1 measured). Every failure message states the tolerance, the parameter and step at fault, and
+the non-identity part of ``g``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+
+__all__ = ["apply_gauge", "assert_model_invariant", "assert_optimizer_equivariant", "binding_elements",
+           "describe_element", "transform_gradient"]
+
+
+def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+def binding_elements(binding, spread: float = 1.5, families: Sequence[str] | None = None) -> st.SearchStrategy[list]:
+    """Group elements of ``binding``'s gauges, as :meth:`Binding.act` takes them (float64 tensors, one entry
+    per family). Per unit: a scale ``e^a``, ``a ∈ [−spread, spread]``; a translation in ``[−spread, spread]``;
+    a RoPE plane angle in ``[−π, π]``; a head rotation ``exp(A)``, ``A`` skew with entries in
+    ``[−spread, spread]``. Every coordinate shrinks to the identity (0). ``families``: only these (by
+    name); the identity on the others."""
+    import torch
+
+    chosen = None if families is None else set(families)
+    unknown = (chosen or set()) - {f.name for f in binding.families}
+    if unknown:
+        raise ValueError(f"families {sorted(unknown)} are not in the binding: {[f.name for f in binding.families]}")
+
+    def family(fam) -> st.SearchStrategy:
+        n = fam.units
+        if chosen is not None and fam.name not in chosen:
+            return st.just(_identity(fam))
+        if fam.kind == "scale":
+            return st.lists(_floats(-spread, spread), min_size=n, max_size=n).map(
+                lambda a: torch.exp(torch.tensor(a, dtype=torch.float64)))
+        if fam.kind == "translate":
+            return st.lists(_floats(-spread, spread), min_size=n, max_size=n).map(
+                lambda v: torch.tensor(v, dtype=torch.float64))
+        if fam.kind == "plane":
+            def plane(t):
+                angle = torch.tensor(t, dtype=torch.float64)
+                return torch.cos(angle), torch.sin(angle)
+
+            return st.lists(_floats(-math.pi, math.pi), min_size=n, max_size=n).map(plane)
+        d = fam.d_head
+        size = n * d * d
+
+        def rotation(v):
+            a = torch.tensor(v, dtype=torch.float64).reshape(n, d, d)
+            return torch.linalg.matrix_exp(a - a.transpose(1, 2))
+
+        return st.lists(_floats(-spread, spread), min_size=size, max_size=size).map(rotation)
+
+    return st.tuples(*[family(f) for f in binding.families]).map(list)
+
+
+def _identity(fam):
+    import torch
+
+    n = fam.units
+    if fam.kind == "scale":
+        return torch.ones(n, dtype=torch.float64)
+    if fam.kind == "translate":
+        return torch.zeros(n, dtype=torch.float64)
+    if fam.kind == "plane":
+        return torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    return torch.eye(fam.d_head, dtype=torch.float64).expand(n, -1, -1).clone()
+
+
+def describe_element(binding, g: list) -> str:
+    """The non-identity part of ``g``: per family, the units it moves and by how much."""
+    import torch
+
+    parts = []
+    for fam, h in zip(binding.families, g):
+        ident = _identity(fam)
+        if fam.kind == "plane":
+            moved = torch.nonzero(h[1] != 0).flatten().tolist()
+            show = [f"{k}: angle {math.atan2(float(h[1][k]), float(h[0][k])):.3g}" for k in moved[:4]]
+        elif fam.kind == "head":
+            moved = torch.nonzero((h - ident).abs().amax((1, 2)) > 0).flatten().tolist()
+            show = [f"head {k}" for k in moved[:4]]
+        else:
+            moved = torch.nonzero(h != ident).flatten().tolist()
+            verb = "×" if fam.kind == "scale" else "+"
+            show = [f"{k}: {verb}{float(h[k]):.3g}" for k in moved[:4]]
+        if moved:
+            more = f" (+{len(moved) - 4} more)" if len(moved) > 4 else ""
+            parts.append(f"{fam.name} ({fam.family.gauge}) units {', '.join(show)}{more}")
+    return "; ".join(parts) or "the identity"
+
+
+def _cast(g: list, dtype) -> list:
+    return [tuple(x.to(dtype) for x in h) if isinstance(h, tuple) else h.to(dtype) for h in g]
+
+
+def apply_gauge(model, binding, g: list) -> None:
+    """In place: the bound parameters of ``model`` (``binding`` was made from it, or from a copy with the
+    same parameter names) become ``g·θ``."""
+    import torch
+
+    named = dict(model.named_parameters(remove_duplicate=False))
+    params = [named[n] for n, _ in binding.params]
+    with torch.no_grad():
+        binding.act(_cast(g, params[0].dtype), params)
+
+
+def transform_gradient(binding, g: list, grads: list) -> None:
+    """In place: gradients (one per bound parameter, binding order) become ``D(g)^{-T} ∇`` — the gradient
+    at ``g·θ`` of a gauge-invariant loss."""
+    import torch
+
+    with torch.no_grad():
+        binding.act(_cast(g, grads[0].dtype), grads, covector=True)
+
+
+def _tolerance(dtype) -> float:
+    import torch
+
+    return torch.finfo(dtype).eps ** 0.5
+
+
+def assert_model_invariant(model, binding, example, g: list, loss: Callable | None = None,
+                           rtol: float | None = None) -> None:
+    """``loss(model_{g·θ}(example)) = loss(model_θ(example))`` to ``rtol`` (default ``√ε`` of the model's
+    dtype) relative to ``max|loss|``. ``loss``: ``output → tensor`` (default: the output itself);
+    ``example``: a tensor, a tuple of inputs or a dict of keyword inputs. The model is not changed."""
+    import torch
+
+    args, kwargs = _example(example)
+    moved = copy.deepcopy(model)
+    apply_gauge(moved, binding, g)
+    target = loss or (lambda out: out)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        a = target(model(*args, **kwargs))
+        torch.manual_seed(0)
+        b = target(moved(*args, **kwargs))
+    tol = _tolerance(next(model.parameters()).dtype) if rtol is None else rtol
+    err = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-300)
+    if not err <= tol:
+        raise AssertionError(f"loss not invariant under g = {describe_element(binding, g)}: relative change "
+                             f"{err:.3e} > tolerance {tol:.1e}")
+
+
+def assert_optimizer_equivariant(make_optimizer: Callable[[Any], Any], model, binding, batches: Iterable,
+                                 g: list, loss_fn: Callable[[Any, Any], Any], rtol: float | None = None) -> float:
+    """The ddc.md protocol on your model and optimizer; returns the worst deviation.
+
+    ``make_optimizer(model) -> optimizer`` (any ``torch.optim.Optimizer``, stateful or not; called on
+    two deep copies of ``model``); ``loss_fn(model, batch) -> scalar``; one step per batch. Run A steps
+    on its own gradients; run B starts at ``g·θ`` and receives A's gradients transformed as covectors
+    (unbound parameters: the same gradient). After every step ``‖θ_B − g·θ_A‖ / ‖g·θ_A‖`` per bound
+    parameter must be at most ``rtol`` (default ``√ε`` of the dtype)."""
+    import torch
+
+    model_a, model_b = copy.deepcopy(model), copy.deepcopy(model)
+    apply_gauge(model_b, binding, g)
+    opt_a, opt_b = make_optimizer(model_a), make_optimizer(model_b)
+    names = [n for n, _ in binding.params]
+    named_a = dict(model_a.named_parameters(remove_duplicate=False))
+    named_b = dict(model_b.named_parameters(remove_duplicate=False))
+    bound_a, bound_b = [named_a[n] for n in names], [named_b[n] for n in names]
+    bound = set(names)
+    tol = _tolerance(bound_a[0].dtype) if rtol is None else rtol
+    worst = 0.0
+    for step, batch in enumerate(batches, 1):
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        loss_fn(model_a, batch).backward()
+        with torch.no_grad():
+            grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in bound_a]
+            transform_gradient(binding, g, grads)
+            for p, gr in zip(bound_b, grads):
+                p.grad = gr
+            for n, p in named_a.items():
+                if n not in bound and p.grad is not None:
+                    named_b[n].grad = p.grad.clone()
+        opt_a.step()
+        opt_b.step()
+        with torch.no_grad():
+            image = [p.detach().clone() for p in bound_a]
+            binding.act(_cast(g, image[0].dtype), image)
+            for n, p, q in zip(names, bound_b, image):
+                dev = float((p - q).norm()) / max(float(q.norm()), 1e-300)
+                if not dev <= tol:  # (a NaN fails too)
+                    raise AssertionError(
+                        f"optimizer not equivariant: {n} deviates from its gauge image by {dev:.3e} (relative) at "
+                        f"step {step} > tolerance {tol:.1e} (√ε of {str(q.dtype).replace('torch.', '')}); "
+                        f"g = {describe_element(binding, g)}")
+                worst = max(worst, dev)
+    return worst
+
+
+def _example(example) -> tuple[tuple, dict]:
+    import torch
+
+    if isinstance(example, dict):
+        return (), dict(example)
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    return tuple(example), {}
