@@ -11,7 +11,8 @@ verified :func:`~gaugemath.backends.torch.bind` ing:
 * :func:`assert_model_invariant`: ``loss(g·θ) = loss(θ)``;
 * :func:`assert_optimizer_equivariant`: the ddc.md protocol — run A from ``θ``, run B from ``g·θ``
   receiving A's gradients transformed as covectors, both stepped by fresh optimizers from
-  ``make_optimizer`` (stateful ones included) for every batch; ``θ_B,t = g·θ_A,t`` at every step.
+  ``make_optimizer`` (stateful ones included) for every batch; ``θ_B,t = g·θ_A,t`` at every step;
+* :func:`assert_gd_charge_law`: the exact Noether-charge law of one gradient step on your model.
 
 Tolerances: ``√ε`` of the parameters' dtype (``1.5e-8`` for float64, ``3.5e-4`` for float32), the
 binder's own margin (:mod:`gaugemath.backends.torch.check`): an exact symmetry or equivariant
@@ -30,8 +31,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["apply_gauge", "assert_model_invariant", "assert_optimizer_equivariant", "binding_elements",
-           "describe_element", "transform_gradient"]
+__all__ = ["apply_gauge", "assert_gd_charge_law", "assert_model_invariant", "assert_optimizer_equivariant",
+           "binding_elements", "describe_element", "transform_gradient"]
 
 
 def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -119,9 +120,38 @@ def _cast(g: list, dtype) -> list:
     return [tuple(x.to(dtype) for x in h) if isinstance(h, tuple) else h.to(dtype) for h in g]
 
 
-def apply_gauge(model, binding, g: list) -> None:
+def _is_jax(binding) -> bool:
+    return type(binding).__name__ == "JaxBinding"
+
+
+def _jax_g(g: list, dtype) -> list:
+    import jax.numpy as jnp
+
+    return [tuple(jnp.asarray(x.numpy(), dtype) for x in h) if isinstance(h, tuple) else jnp.asarray(h.numpy(), dtype)
+            for h in g]
+
+
+def _jax_act(params, binding, g: list, covector: bool = False):
+    """``g·params`` (a new pytree; ``covector``: the gradient rule) for a JAX binding."""
+    import jax
+
+    from gaugemath.backends.jax.binding import leaf_paths
+
+    flat, treedef = jax.tree_util.tree_flatten(params)
+    where = {p: i for i, p in enumerate(leaf_paths(params))}
+    idx = [where[p] for p in binding.paths]
+    moved = binding.act(_jax_g(g, flat[idx[0]].dtype), [flat[i] for i in idx], covector=covector)
+    for i, v in zip(idx, moved):
+        flat[i] = v
+    return jax.tree_util.tree_unflatten(treedef, flat)
+
+
+def apply_gauge(model, binding, g: list):
     """In place: the bound parameters of ``model`` (``binding`` was made from it, or from a copy with the
-    same parameter names) become ``g·θ``."""
+    same parameter names) become ``g·θ``. JAX (``binding`` from ``gaugemath.backends.jax.bind``): ``model``
+    is the parameter pytree and the moved pytree is returned."""
+    if _is_jax(binding):
+        return _jax_act(model, binding, g)
     import torch
 
     named = dict(model.named_parameters(remove_duplicate=False))
@@ -130,9 +160,12 @@ def apply_gauge(model, binding, g: list) -> None:
         binding.act(_cast(g, params[0].dtype), params)
 
 
-def transform_gradient(binding, g: list, grads: list) -> None:
+def transform_gradient(binding, g: list, grads):
     """In place: gradients (one per bound parameter, binding order) become ``D(g)^{-T} ∇`` — the gradient
-    at ``g·θ`` of a gauge-invariant loss."""
+    at ``g·θ`` of a gauge-invariant loss. JAX: ``grads`` is the gradient pytree; the transformed one is
+    returned."""
+    if _is_jax(binding):
+        return _jax_act(grads, binding, g, covector=True)
     import torch
 
     with torch.no_grad():
@@ -149,7 +182,10 @@ def assert_model_invariant(model, binding, example, g: list, loss: Callable | No
                            rtol: float | None = None) -> None:
     """``loss(model_{g·θ}(example)) = loss(model_θ(example))`` to ``rtol`` (default ``√ε`` of the model's
     dtype) relative to ``max|loss|``. ``loss``: ``output → tensor`` (default: the output itself);
-    ``example``: a tensor, a tuple of inputs or a dict of keyword inputs. The model is not changed."""
+    ``example``: a tensor, a tuple of inputs or a dict of keyword inputs. The model is not changed.
+    JAX: ``model = (apply, params)`` with ``apply(params, *example) -> output``."""
+    if _is_jax(binding):
+        return _jax_invariant(model, binding, example, g, loss, rtol)
     import torch
 
     args, kwargs = _example(example)
@@ -176,7 +212,12 @@ def assert_optimizer_equivariant(make_optimizer: Callable[[Any], Any], model, bi
     two deep copies of ``model``); ``loss_fn(model, batch) -> scalar``; one step per batch. Run A steps
     on its own gradients; run B starts at ``g·θ`` and receives A's gradients transformed as covectors
     (unbound parameters: the same gradient). After every step ``‖θ_B − g·θ_A‖ / ‖g·θ_A‖`` per bound
-    parameter must be at most ``rtol`` (default ``√ε`` of the dtype)."""
+    parameter must be at most ``rtol`` (default ``√ε`` of the dtype).
+
+    JAX: ``make_optimizer`` is an optax ``GradientTransformation``, ``model`` the parameter pytree and
+    ``loss_fn(params, batch) -> scalar`` (differentiated with ``jax.grad``)."""
+    if _is_jax(binding):
+        return _jax_equivariant(make_optimizer, model, binding, batches, g, loss_fn, rtol)
     import torch
 
     model_a, model_b = copy.deepcopy(model), copy.deepcopy(model)
@@ -225,3 +266,86 @@ def _example(example) -> tuple[tuple, dict]:
     if isinstance(example, torch.Tensor):
         return (example,), {}
     return tuple(example), {}
+
+
+def _jax_invariant(model, binding, example, g, loss, rtol) -> None:
+    import jax.numpy as jnp
+
+    apply, params = model
+    args = example if isinstance(example, tuple) else (example,)
+    target = loss or (lambda out: out)
+    a, b = target(apply(params, *args)), target(apply(_jax_act(params, binding, g), *args))
+    tol = float(jnp.finfo(jnp.asarray(a).dtype).eps) ** 0.5 if rtol is None else rtol
+    err = float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(a))), 1e-300)
+    if not err <= tol:
+        raise AssertionError(f"loss not invariant under g = {describe_element(binding, g)}: relative change "
+                             f"{err:.3e} > tolerance {tol:.1e}")
+
+
+def _jax_equivariant(tx, params, binding, batches, g, loss_fn, rtol) -> float:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from gaugemath.backends.jax.binding import leaf_paths
+
+    pa, pb = params, _jax_act(params, binding, g)
+    sa, sb = tx.init(pa), tx.init(pb)
+    where = {p: i for i, p in enumerate(leaf_paths(params))}
+    idx = [where[p] for p in binding.paths]
+    grad = jax.grad(loss_fn)
+    worst, tol = 0.0, None
+    for step, batch in enumerate(batches, 1):
+        ga = grad(pa, batch)
+        ua, sa = tx.update(ga, sa, pa)
+        ub, sb = tx.update(_jax_act(ga, binding, g, covector=True), sb, pb)
+        pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+        image = jax.tree_util.tree_leaves(_jax_act(pa, binding, g))
+        leaves_b = jax.tree_util.tree_leaves(pb)
+        for i in idx:
+            q, p = image[i], leaves_b[i]
+            tol = (float(jnp.finfo(q.dtype).eps) ** 0.5 if rtol is None else rtol) if tol is None else tol
+            dev = float(jnp.linalg.norm((p - q).ravel())) / max(float(jnp.linalg.norm(q.ravel())), 1e-300)
+            if not dev <= tol:
+                raise AssertionError(
+                    f"optimizer not equivariant: {binding.paths[idx.index(i)]} deviates from its gauge image by "
+                    f"{dev:.3e} (relative) at step {step} > tolerance {tol:.1e} (√ε of {q.dtype}); "
+                    f"g = {describe_element(binding, g)}")
+            worst = max(worst, dev)
+    return worst
+
+
+def assert_gd_charge_law(model, binding, loss_fn: Callable[[Any, Any], Any], batch, lr: float = 1e-2,
+                         rtol: float | None = None) -> None:
+    """The Noether charges of the bound scale and shift gauges under one plain gradient step
+    ``θ' = θ − η∇L`` on ``model`` (torch, not changed): ``Q'_k = Q_k + η² Σ_slice e g²`` for a scale unit
+    (``Q_k = Σ_slice e θ²``, ``e = ±1`` the exponent), ``Q'_k = Q_k`` for a shift (``Q_k = 2 Σ_slice θ``) —
+    exact laws (theory.md §2.3) that hold iff the loss gradient is orthogonal to the orbit
+    (``⟨X_k, ∇L⟩ = 0``): a test of the gauge on *your* model and loss. Tolerance ``rtol`` (default ``√ε``)
+    relative to ``Σ|e|θ² + 2η Σ|θ g| + η² Σ g²`` per unit (the sizes of the terms that cancel)."""
+    import torch
+
+    from gaugemath.observe import charges
+
+    m = copy.deepcopy(model)
+    named = dict(m.named_parameters(remove_duplicate=False))
+    bound = [named[n] for n, _ in binding.params]
+    loss_fn(m, batch).backward()
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in bound]
+    theta = binding.entries(binding.to_work([p.detach() for p in bound], torch.float64))
+    g = binding.entries(binding.to_work(grads, torch.float64))
+    after = binding.entries([t - lr * d for t, d in zip(theta[: len(bound)], g[: len(bound)])])
+    q0, q1 = charges(binding, theta), charges(binding, after)
+    tol = _tolerance(bound[0].dtype) if rtol is None else rtol
+    for fam in binding.families:
+        if fam.kind not in ("scale", "translate"):
+            continue
+        law = lr**2 * fam.coords(g, g) if fam.kind == "scale" else torch.zeros_like(q0[fam.name])
+        size = fam._abs_coords(theta, theta) + 2 * lr * fam._abs_coords(theta, g) + lr**2 * fam._abs_coords(g, g)
+        err = (q1[fam.name] - q0[fam.name] - law).abs() / size.clamp_min(1e-300)
+        k = int(err.argmax())
+        if not float(err[k]) <= tol:
+            raise AssertionError(f"charge law broken for {fam.name} ({fam.family.gauge}) unit {k}: "
+                                 f"Q' − Q − η²Σeg² = {float(q1[fam.name][k] - q0[fam.name][k] - law[k]):.3e}, "
+                                 f"{float(err[k]):.3e} relative > tolerance {tol:.1e} (the loss gradient is not "
+                                 "orthogonal to this orbit)")

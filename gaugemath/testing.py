@@ -40,6 +40,7 @@ from .errors import GaugeError
 from .groups import POSITIVE
 from .model_testing import (  # noqa: F401  (your torch model and optimizer: see that module)
     apply_gauge,
+    assert_gd_charge_law,
     assert_model_invariant,
     assert_optimizer_equivariant,
     binding_elements,
@@ -51,6 +52,7 @@ from .numeric import GroupSample, NumericGauge
 __all__ = [
     "Problem",
     "apply_gauge",
+    "assert_gd_charge_law",
     "assert_model_invariant",
     "assert_optimizer_equivariant",
     "binding_elements",

@@ -1,7 +1,8 @@
 """gaugemath.testing on models nobody here wrote: the ddc.md protocol as a user's property test.
 
 Models (tests/third_party.py): an ``nn.Sequential`` MLP classifier, a pre-norm ``nn.TransformerEncoderLayer``
-and a Hugging Face Llama from a config, float64. Optimizers: SGD with momentum, AdamW and an AdamP-style
+and a Hugging Face Llama from a config, float64; and a JAX pytree model with optax. Optimizers: SGD with
+momentum, AdamW and an AdamP-style
 projection optimizer (Heo et al. 2021: the radial part of the update removed for scale-invariant weights)
 must fail; DDCAdam and DDCMuon must pass. Tolerance: the kit's default, ``√ε`` of float64 (1.5e-8), stated
 in the module docstring of gaugemath.model_testing.
@@ -159,3 +160,57 @@ def report() -> None:
                                                                                deadline=None))
                 shrunk = gt.describe_element(binding, h)
             print(f"| {opt_name} | {model_name} | {'PASS' if ok else 'FAIL'} | {dev:.1e} | {shrunk} |", flush=True)
+
+
+def test_kit_on_a_jax_pytree_model_with_optax():
+    """The same assertions on a JAX apply function + pytree (flax-style kernels stored (in, out)), bound by
+    the JAX binder: ddc_adam passes, optax.adamw fails, for drawn group elements."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from gaugemath.backends import jax as gj
+
+    def apply(p, x):
+        h = jax.nn.relu(x @ p["w1"] + p["b1"])
+        return h @ p["w2"] + p["b2"]
+
+    rng = np.random.default_rng(0)
+    params = {"w1": jnp.asarray(rng.normal(size=(4, 6))), "b1": jnp.asarray(rng.normal(size=6)),
+              "w2": jnp.asarray(rng.normal(size=(6, 3))), "b2": jnp.zeros(3)}
+    x, y = jnp.asarray(rng.normal(size=(8, 4))), jnp.asarray(rng.integers(0, 3, 8))
+    binding = gj.bind(params, apply=apply, example=(x,), loss="cross_entropy")
+    assert sorted(f.family.gauge for f in binding.families) == ["ce_shift", "ce_shift", "relu_rescale"]
+
+    def loss_fn(p, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+    @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(g=gt.binding_elements(binding))
+    def check(g):
+        gt.assert_model_invariant((apply, params), binding, (x,), g,
+                                  loss=lambda out: jax.nn.log_softmax(out, axis=-1))
+        assert gt.assert_optimizer_equivariant(gj.ddc_adam(1e-2, gauges=binding), params, binding, range(3), g,
+                                               loss_fn) < 1e-12
+
+    check()
+    from gaugemath.verify import random_element
+
+    g = random_element(binding, torch.Generator().manual_seed(2), torch.float64)
+    with pytest.raises(AssertionError, match="optimizer not equivariant"):
+        gt.assert_optimizer_equivariant(optax.adamw(1e-2), params, binding, range(3), g, loss_fn)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_gd_charge_law_holds_on_the_models_and_fails_for_a_broken_loss(model_name):
+    case, model, binding = _setup(model_name)
+    gt.assert_gd_charge_law(model, binding, _loss(case), 0, lr=0.1)
+    scale = next(f for f in binding.families if f.kind == "scale")
+    first = binding.params[binding.layout.base(scale.members()[0][1])][0]
+
+    def broken(m, seed):  # weight decay written into the loss breaks every scale gauge it touches
+        return _loss(case)(m, seed) + 0.5 * dict(m.named_parameters())[first].pow(2).sum()
+
+    with pytest.raises(AssertionError, match="charge law broken"):
+        gt.assert_gd_charge_law(model, binding, broken, 0, lr=0.1)
