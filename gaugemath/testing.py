@@ -50,6 +50,7 @@ from .model_testing import (  # noqa: F401  (your torch model and optimizer: see
 from .numeric import GroupSample, NumericGauge
 
 __all__ = [
+    "GroupSample",
     "Problem",
     "apply_gauge",
     "assert_gd_charge_law",
@@ -134,6 +135,9 @@ class Problem:
     g: GroupSample
     inputs: dict[str, np.ndarray]
     targets: tuple[float, ...]
+
+    def __repr__(self) -> str:  # what a shrunk counterexample shows: θ and g (inputs and targets are fixed noise)
+        return f"Problem(theta={np.array2string(np.asarray(self.theta), precision=3)}, g={self.g!r})"
 
 
 def problems(gauge: NumericGauge) -> st.SearchStrategy[Problem]:
