@@ -33,11 +33,20 @@ class _Homogeneous(sp.Function):
 
     degree = 1
     nargs = 1
+    #: value at a number: exact for the built-in ones; a declared function (``discovery.declare``) has only its
+    #: numerical ``value`` (``_numeric``, float64), used for floating-point arguments — an exact number stays
+    #: unevaluated, so proofs never see a rounded value
+    _exact = None
+    _numeric = None
 
     @classmethod
     def eval(cls, z):
         if z.is_Number:
-            return sp.Max(z, 0) ** cls.degree
+            if cls._exact is not None:
+                return cls._exact(z)
+            if cls._numeric is not None and z.is_Float:
+                return sp.Float(float(cls._numeric(float(z))), max(z._prec, 53))
+            return None
         c, rest = _positive_part(z)
         if c != 1:
             return c**cls.degree * cls(rest)
@@ -53,12 +62,14 @@ class Relu(_Homogeneous):
     """``relu(z) = max(z, 0)``; declared positively homogeneous of degree 1."""
 
     degree = 1
+    _exact = staticmethod(lambda z: sp.Max(z, 0))
 
 
 class Relu2(_Homogeneous):
     """``relu2(z) = max(z, 0)²``; declared positively homogeneous of degree 2."""
 
     degree = 2
+    _exact = staticmethod(lambda z: sp.Max(z, 0) ** 2)
 
 
 def silu(z: sp.Expr, stage=lambda e: e) -> sp.Expr:

@@ -41,6 +41,17 @@ _MODULES = {
 }
 
 
+def _modules(backend: str) -> list:
+    """lambdify's namespace: ReLU, ReLU², and every function declared with ``discovery.declare`` (its
+    declared NumPy ``value`` and, for opaque ones, ``derivative``; mpmath: through float64)."""
+    from .discovery.functions import NUMERIC
+
+    base, lib = _MODULES[backend]
+    extra = dict(NUMERIC) if backend == "numpy" else {
+        k: (lambda z, f=f: mpmath.mpf(float(np.asarray(f(np.asarray(float(z))))))) for k, f in NUMERIC.items()}
+    return [{**base, **extra}, lib]
+
+
 @dataclass(frozen=True)
 class GroupSample:
     """A numerical group element: values of the generic parameters and a component index.
@@ -64,7 +75,7 @@ class NumericGauge:
         if backend not in BACKENDS:
             raise ValueError(f"gauge '{gauge.name}': unknown backend {backend!r}; choose from {BACKENDS}")
         self.gauge, self.backend, self.dps = gauge, backend, dps
-        self._modules = _MODULES[backend]
+        self._modules = _modules(backend)
         self._coords = list(gauge.coordinates)
         self.shapes = {b: (m.rows, m.cols) for b, m in gauge.blocks.items()}
         self.n, self.k = len(self._coords), gauge.dim

@@ -232,3 +232,39 @@ def test_relu_sign_flip_is_not_a_symmetry():
                          _m("W2", 1, 2) * relu(_m("W1", 2, 2) * _m("x", 2))))
     g = alg.to_gauge()
     assert g.group.name.startswith("R_{>0}") and not g.group.components
+
+
+@pytest.mark.parametrize("kind", ["leaky (degree 1)", "softplus (opaque)"])
+def test_declared_functions_evaluate_to_what_they_declare_against_torch(kind):
+    """A declared function's value and derivative in NumericGauge are the declared ones (issue 20: a
+    degree-1 declaration evaluated as max(z, 0) and its gradient raised NameError), checked against torch's
+    own leaky_relu / softplus through a two-layer layer, at points with negative pre-activations."""
+    import numpy as np
+    import sympy as sp
+    import torch
+
+    from gaugemath.discovery import declare, discover, layer
+    from gaugemath.numeric import NumericGauge
+
+    if kind.startswith("leaky"):
+        f = declare("leaky", value=lambda z: np.where(z > 0, z, 0.1 * z),
+                    derivative=lambda z: np.where(z > 0, 1.0, 0.1), degree=1)
+        ref = lambda z: torch.nn.functional.leaky_relu(z, 0.1)  # noqa: E731
+    else:
+        f = declare("softplus", value=lambda z: np.log1p(np.exp(z)), derivative=lambda z: 1 / (1 + np.exp(-z)))
+        ref = torch.nn.functional.softplus
+    from gaugemath.discovery import relu
+
+    w1, w2, x = sp.MatrixSymbol("W1", 2, 2), sp.MatrixSymbol("W2", 1, 2), sp.MatrixSymbol("x", 2, 1)
+    # the function under test on the output of a ReLU unit pair (so there is a gauge to build, on both blocks)
+    num = NumericGauge(discover(layer("declared_mlp", [w1, w2], [x], f(w2 * relu(w1 * x)))).to_gauge())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        theta, xs, y = rng.normal(size=6), rng.normal(size=(2, 1)), rng.normal()
+        a, b = torch.tensor(theta[:4].reshape(2, 2), requires_grad=True), torch.tensor(theta[4:].reshape(1, 2),
+                                                                                     requires_grad=True)
+        out = ref(b @ torch.relu(a @ torch.tensor(xs)))
+        ((out - y) ** 2 / 2).sum().backward()
+        want = np.concatenate([a.grad.numpy().ravel(), b.grad.numpy().ravel()])
+        assert np.allclose(num.outputs(theta, {"x": xs}), out.detach().numpy().ravel(), rtol=1e-12, atol=1e-14)
+        assert np.allclose(num.gradient(theta, {"x": xs}, (y,)), want, rtol=1e-10, atol=1e-12)

@@ -124,14 +124,30 @@ def declare(name: str, *, value: Callable, derivative: Callable, degree: int | N
     def _print(self, printer):
         return f"{name}({printer._print(self.args[0])})"
 
+    def _numeric(z):  # the declared value at one float (a 0-d array in, a float out)
+        return float(np.asarray(value(np.asarray(z, dtype=float))))
+
     if degree is not None:
         if int(degree) != degree or degree < 1:
             raise GaugeError("discover", None, f"function {name!r}: degree={degree} must be a positive integer")
-        cls = type(cls_name, (_Homogeneous,), {"degree": int(degree), "_sympystr": _print})
-    else:
-        cls = type(cls_name, (sp.Function,), {"nargs": 1, "_sympystr": _print})
+        cls = type(cls_name, (_Homogeneous,), {"degree": int(degree), "_sympystr": _print,
+                                               "_numeric": staticmethod(_numeric)})
+    else:  # opaque: its derivative is the declared one, a function of its own (evaluated by ``derivative``)
+        prime = type(cls_name + "Prime", (sp.Function,), {"nargs": 1})
+        def _eval(c, z):  # a float argument (NumericGauge.outputs): the declared value; exact ones stay symbolic
+            return sp.Float(_numeric(float(z)), max(z._prec, 53)) if z.is_Float else None
+
+        cls = type(cls_name, (sp.Function,), {"nargs": 1, "_sympystr": _print, "eval": classmethod(_eval),
+                                              "fdiff": lambda self, argindex=1: prime(self.args[0])})
+        NUMERIC[prime.__name__] = derivative
     REGISTRY[cls_name] = Declared(name, cls, value, derivative, degree)
+    NUMERIC[cls_name] = value
     return _elementwise(cls)
+
+
+#: How :class:`~gaugemath.numeric.NumericGauge` evaluates declared functions (and opaque ones' derivatives),
+#: by SymPy class name: the declared NumPy callables
+NUMERIC: dict[str, Callable] = {}
 
 
 def lookup(func: sp.Expr, layer: str) -> Declared:
