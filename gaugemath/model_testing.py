@@ -188,7 +188,9 @@ def assert_model_invariant(model, binding, example, g: list, loss: Callable | No
         return _jax_invariant(model, binding, example, g, loss, rtol)
     import torch
 
-    args, kwargs = _example(example)
+    from gaugemath.backends.torch.binding import _example  # bind()'s own reading of an example
+
+    args, kwargs = _example(model, example)
     moved = copy.deepcopy(model)
     apply_gauge(moved, binding, g)
     target = loss or (lambda out: out)
@@ -256,16 +258,6 @@ def assert_optimizer_equivariant(make_optimizer: Callable[[Any], Any], model, bi
                         f"g = {describe_element(binding, g)}")
                 worst = max(worst, dev)
     return worst
-
-
-def _example(example) -> tuple[tuple, dict]:
-    import torch
-
-    if isinstance(example, dict):
-        return (), dict(example)
-    if isinstance(example, torch.Tensor):
-        return (example,), {}
-    return tuple(example), {}
 
 
 def _jax_invariant(model, binding, example, g, loss, rtol) -> None:

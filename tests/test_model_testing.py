@@ -164,7 +164,7 @@ def report() -> None:
 
 def test_kit_on_a_jax_pytree_model_with_optax():
     """The same assertions on a JAX apply function + pytree (flax-style kernels stored (in, out)), bound by
-    the JAX binder: ddc_adam passes, optax.adamw fails, for drawn group elements."""
+    the JAX binder: ddc_adam (drawn group elements) and ddc_muon pass, optax.adamw and optax.sgd fail."""
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
@@ -198,8 +198,11 @@ def test_kit_on_a_jax_pytree_model_with_optax():
     from gaugemath.verify import random_element
 
     g = random_element(binding, torch.Generator().manual_seed(2), torch.float64)
-    with pytest.raises(AssertionError, match="optimizer not equivariant"):
-        gt.assert_optimizer_equivariant(optax.adamw(1e-2), params, binding, range(3), g, loss_fn)
+    assert gt.assert_optimizer_equivariant(gj.ddc_muon(1e-2, gauges=binding, muon_leaves=["w1", "w2"], adam_lr=1e-2),
+                                           params, binding, range(3), g, loss_fn) < 1e-12
+    for tx in (optax.adamw(1e-2), optax.sgd(1e-2, momentum=0.9)):
+        with pytest.raises(AssertionError, match="optimizer not equivariant"):
+            gt.assert_optimizer_equivariant(tx, params, binding, range(3), g, loss_fn)
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))

@@ -12,21 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from .._balance import two_sided
+from .._coupling import Coupling
 from .layout import sync
-from .orbits import _reduce
 from .projection import Projector
 
 MAX_NEWTON = 30
 MAX_STEP = 2.0
-
-
-def sides(fam, theta):
-    """Per unit ``(Σ_{e=+1} θ², Σ_{e=−1} θ²)`` over the family's slices."""
-    out = {}
-    for s, i in fam.members():
-        v = _reduce(theta[i] * theta[i], s.axis)
-        out[s.exponent] = v if s.exponent not in out else out[s.exponent] + v
-    return out[1], out[-1]
 
 
 class JointBalance:
@@ -35,16 +26,17 @@ class JointBalance:
     def __init__(self, families, names, bases=None):
         self.members = [f for f, fam in enumerate(families) if two_sided(fam)]
         self.families = [families[f] for f in self.members]
-        self.projector = Projector(self.families, names, bases) if self.members else None
-        coupled = self.projector.coupling.coupled if self.members else set()
-        self.coupled = sorted(coupled)  # indices into self.families
+        coupled = Coupling(self.families, names, bases).coupled if self.members else set()
+        self.coupled = sorted(coupled)  # indices into self.families: Newton's unknowns (the rest: closed form)
+        self.projector = Projector([self.families[k] for k in self.coupled], names, bases) if self.coupled else None
 
     def solve(self, theta: list, layout) -> tuple[list, dict, jax.Array]:
         """``(θ balanced, {family index: (h, mask)}, converged)`` (indices into the ``families`` given
         at construction; ``converged`` a boolean array)."""
         logs, masks = [], []
         for fam in self.families:  # closed form per unit: exact for uncoupled families
-            plus, minus = sides(fam, theta)
+            side = fam.side_sums(theta)
+            plus, minus = side[1], side[-1]
             mask = (plus == 0) | (minus == 0) | ~jnp.isfinite(plus + minus)
             a = jnp.where(mask, 0.0, 0.25 * jnp.log(jnp.where(mask, 1.0, minus / jnp.where(mask, 1.0, plus))))
             theta = sync(layout, theta, fam.act(jnp.exp(a), theta))
@@ -62,16 +54,13 @@ class JointBalance:
 
         def body(carry):
             theta, logs, it, final, done = carry
-            fact = proj.factor(theta, masks)
-            rhs = []
-            for k, fam in enumerate(self.families):
-                c = fam.coords(theta, theta) if k in coupled else jnp.zeros(fam.units, theta[0].dtype)
-                rhs.append(jnp.where(masks[k], 0.0, c)[:, None])
-            x = proj.solve(fact, rhs)
+            fact = proj.factor(theta, [masks[k] for k in coupled])
+            x = proj.solve(fact, [jnp.where(masks[k], 0.0, self.families[k].coords(theta, theta))[:, None]
+                                  for k in coupled])
             logs = list(logs)
             biggest = jnp.asarray(0.0, theta[0].dtype)
-            for k in coupled:
-                step = jnp.clip(-0.5 * x[k][:, 0], -MAX_STEP, MAX_STEP)
+            for j, k in enumerate(coupled):
+                step = jnp.clip(-0.5 * x[j][:, 0], -MAX_STEP, MAX_STEP)
                 step = jnp.where(masks[k], 0.0, step)
                 theta = sync(layout, theta, self.families[k].act(jnp.exp(step), theta))
                 logs[k] = logs[k] + step
@@ -84,3 +73,26 @@ class JointBalance:
         start = (theta, logs, jnp.asarray(0), jnp.asarray(False), jnp.asarray(False))
         theta, logs, _, _, done = jax.lax.while_loop(cond, body, start)
         return theta, logs, done
+
+
+def canonicalise(fams: list, theta: list, layout, balance: JointBalance | None = None, grad: list | None = None):
+    """Step 1 of ``ddc_adam``: ``θ ← h(θ)·θ`` (and ``g ← D(h)^{-T} g``) family by family in ``fams``' order, the
+    two-sided scales jointly (``balance``), degenerate units given the identity. Returns
+    ``(θ, g, frames, masks, converged)``."""
+    frames, masks = [], []
+    joint, converged = None, jnp.asarray(True)
+    for f, fam in enumerate(fams):
+        if balance is not None and f in balance.members:
+            if joint is None:
+                theta, joint, converged = balance.solve(theta, layout)
+            h, mask = joint[f]
+        else:
+            h = fam.frame(theta)
+            mask = fam.degenerate(theta, h)
+            h = fam.identity_where(mask, h)
+            theta = sync(layout, theta, fam.act(h, theta))
+        if grad is not None:
+            grad = sync(layout, grad, fam.act(h, grad, covector=True))
+        frames.append(h)
+        masks.append(mask)
+    return theta, grad, frames, masks, converged

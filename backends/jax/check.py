@@ -135,26 +135,15 @@ def _canonical(binding, leaves: list) -> list:
 
 def canonical_point(binding, ents: list) -> tuple[list, list]:
     """``(h(θ)·θ, [(family, h), …] in the order applied)`` on work entries, as the optimizer computes it
-    (the binding's ``frames``; degenerate units given the identity frame)."""
+    (:func:`~.balance.canonicalise`: the binding's ``frames``; degenerate units given the identity frame)."""
     from .._balance import balanced_order
-    from .balance import JointBalance
-    from .layout import sync
+    from .balance import JointBalance, canonicalise
 
     fams = list(binding.families)
-    balance, joint = None, None
+    balance = None
     if binding.frames == "balanced":
         fams = [fams[i] for i in balanced_order(fams)]
         names = binding.entry_names()
         balance = JointBalance(fams, names, [binding.layout.base(i) for i in range(len(names))])
-    applied = []
-    for f, fam in enumerate(fams):
-        if balance is not None and f in balance.members:
-            if joint is None:
-                ents, joint, _ = balance.solve(ents, binding.layout)
-            applied.append((fam, joint[f][0]))
-            continue
-        h = fam.frame(ents)
-        h = fam.identity_where(fam.degenerate(ents, h), h)
-        ents = sync(binding.layout, ents, fam.act(h, ents))
-        applied.append((fam, h))
-    return ents, applied
+    ents, _, frames, _, _ = canonicalise(fams, ents, binding.layout, balance)
+    return ents, list(zip(fams, frames))

@@ -26,7 +26,7 @@ import optax
 from gaugemath.errors import GaugeError
 
 from .._balance import balanced_order
-from .balance import JointBalance
+from .balance import JointBalance, canonicalise
 from .binding import JaxBinding, _key
 from .layout import entries, from_work, sync, to_work, to_work_one
 from .projection import Projector
@@ -278,21 +278,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         grad = entries(lay, to_work(lay, grads, work))
         ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
         bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
-        frames, masks = [], []
-        joint, converged = None, jnp.asarray(True)
-        for f, fam in enumerate(fams):
-            if balance is not None and f in balance.members:  # the two-sided scales, jointly
-                if joint is None:
-                    theta, joint, converged = balance.solve(theta, lay)
-                h, mask = joint[f]
-            else:
-                h = fam.frame(theta)
-                mask = fam.degenerate(theta, h)  # a degenerate unit: identity frame, no vertical space
-                h = fam.identity_where(mask, h)
-                theta = sync(lay, theta, fam.act(h, theta))
-            grad = sync(lay, grad, fam.act(h, grad, covector=True))
-            frames.append(h)
-            masks.append(mask)
+        theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad)
         fact = projector.factor(theta, masks)
 
         def off(f, c):  # vertical coordinates of degenerate units: none

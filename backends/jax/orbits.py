@@ -131,15 +131,19 @@ class JaxFamily:
             r0, r1 = _pairs(theta[self.roles[self.family.slices[0].role][0]])
             c, sn = h
             return ((r0 * r0 + r1 * r1).sum(1) == 0) | ~jnp.isfinite(c) | ~jnp.isfinite(sn)
+        bad = ~jnp.isfinite(h) | (h == 0)
+        for v in self.side_sums(theta).values():
+            bad = bad | (v == 0)
+        return bad
+
+    def side_sums(self, theta) -> dict:
+        """Per unit ``Σ θ²`` over the slices of each sign of exponent, ``{±1: (units,)}`` (the torch twin's)."""
         sides: dict = {}
         for s, i in self.members():
             v = _reduce(theta[i] * theta[i], s.axis)
-            key = s.exponent > 0
+            key = 1 if s.exponent > 0 else -1
             sides[key] = v if key not in sides else sides[key] + v
-        bad = ~jnp.isfinite(h) | (h == 0)
-        for v in sides.values():
-            bad = bad | (v == 0)
-        return bad
+        return sides
 
     def identity_where(self, mask, h):
         """The frame with the identity element on the ``mask`` ed units."""

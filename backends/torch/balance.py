@@ -44,8 +44,9 @@ import torch
 from torch import Tensor
 
 from .._balance import two_sided
+from .._coupling import Coupling
 from .batching import Batch
-from .orbits import BoundFamily, _reduce
+from .orbits import BoundFamily
 from .projection import Projector
 
 #: Newton iterations at most on coupled families (quadratic convergence: 3–5 are used in practice)
@@ -66,10 +67,9 @@ class JointBalance:
 
     def __init__(self, families: list[BoundFamily], names: list[str], bases: list[int] | None = None):
         self.members = [f for f, fam in enumerate(families) if two_sided(fam)]
-        sub = [families[f] for f in self.members]
-        self.projector = Projector(sub, names, bases) if sub else None
-        coupled = self.projector.coupling.coupled if sub else set()
-        self.coupled = {self.members[i] for i in coupled}
+        coupled = Coupling([families[f] for f in self.members], names, bases).coupled if self.members else set()
+        self.coupled = sorted(self.members[i] for i in coupled)  # Newton's unknowns; the rest: closed form
+        self.projector = Projector([families[f] for f in self.coupled], names, bases) if self.coupled else None
 
     def __bool__(self) -> bool:
         return bool(self.members)
@@ -84,7 +84,8 @@ class JointBalance:
         logs: dict[int, Tensor] = {}
         masks: dict[int, Tensor] = {}
         for i, b in mine.items():  # closed form per unit: exact for uncoupled families
-            plus, minus = sides(b.family, theta)
+            side = b.family.side_sums(theta)
+            plus, minus = side[1], side[-1]
             masks[i] = (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus)
             a = torch.where(masks[i], torch.zeros_like(plus), 0.25 * torch.log(minus / plus))
             b.family.act(torch.exp(a), theta)
@@ -100,35 +101,30 @@ class JointBalance:
     def _newton(self, newton: dict[int, Batch], theta: list[Tensor], logs: dict, masks: dict, sync: bool) -> Tensor:
         """Newton steps ``a ← a − ½ Γ⁻¹ Xᵀθ`` on the coupled families, ``θ`` rescaled after each."""
         proj = self.projector
-        local = {f: k for k, f in enumerate(self.members)}
+        local = {f: k for k, f in enumerate(self.coupled)}
         eps = torch.finfo(theta[0].dtype).eps
         converged = theta[0].new_zeros((), dtype=torch.bool)
         info = theta[0].new_zeros((), dtype=torch.int32)
         final, fact, prev = False, None, None
         for _ in range(MAX_NEWTON if sync else FIXED_NEWTON):
-            grams: list[Tensor | None] = [None] * len(self.members)
-            rhs: list[Tensor | None] = [None] * len(self.members)
-            fmask: list[Tensor | None] = [None] * len(self.members)
+            grams: list[Tensor | None] = [None] * len(self.coupled)
+            rhs: list[Tensor | None] = [None] * len(self.coupled)
+            fmask: list[Tensor | None] = [None] * len(self.coupled)
             for i, b in newton.items():
                 gram, c = b.family.gram_and_self_coords(theta)
                 gram = torch.where(masks[i], torch.ones_like(gram), gram)
                 c = torch.where(masks[i], torch.zeros_like(c), c)
                 for f, g_part, c_part, m_part in zip(b.members, b.split(gram), b.split(c), b.split(masks[i])):
-                    grams[local[f]], rhs[local[f]], fmask[local[f]] = g_part, c_part[:, None], m_part
-            for f in self.members:  # families not iterated (uncoupled, balanced in closed form): a zero step
-                k = local[f]
-                if grams[k] is None:
-                    units = proj.families[k].units
-                    grams[k] = theta[0].new_ones(units)
-                    rhs[k] = theta[0].new_zeros(units, 1)
-                    fmask[k] = torch.zeros(units, dtype=torch.bool, device=theta[0].device)
+                    if f in local:  # (a batch may hold an uncoupled layer too: balanced already, step 0)
+                        grams[local[f]], rhs[local[f]], fmask[local[f]] = g_part, c_part[:, None], m_part
             if fact is None or prev is None or prev > CHORD:  # else a chord step: the last factorisation
                 fact = proj.factor(theta, grams, fmask)
                 info = info + sum(fact["info"])
             x = proj.solve(fact, rhs)
             biggest = None
             for i, b in newton.items():
-                step = (-0.5 * b.join([x[local[f]][:, 0] for f in b.members])).clamp(-MAX_STEP, MAX_STEP)
+                parts = [x[local[f]][:, 0] if f in local else theta[0].new_zeros(b.units) for f in b.members]
+                step = (-0.5 * b.join(parts)).clamp(-MAX_STEP, MAX_STEP)
                 step = torch.where(masks[i], torch.zeros_like(step), step)
                 b.family.act(torch.exp(step), theta)
                 logs[i] = logs[i] + step
@@ -147,17 +143,6 @@ class JointBalance:
         if sync and not bool(converged):
             info = info + 1
         return info
-
-
-def sides(fam: BoundFamily, theta: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per unit ``(Σ_{e=+1} θ², Σ_{e=−1} θ²)`` over the family's slices, ``(units,)`` each (summed
-    separately, not recovered from ``Γ ± Xᵀθ``, which loses the smaller side to cancellation)."""
-    out = {}
-    for s, i in fam.members():
-        t = theta[i]
-        v = _reduce(t * t, s.axis)
-        out[s.exponent] = v if s.exponent not in out else out[s.exponent] + v
-    return out[1], out[-1]
 
 
 def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] | None = None,

@@ -226,6 +226,8 @@ class DDCAdamLogNorm(DDCAdam):
     bound gauge outside the Lean model: rotations, and overlapping rescales.
     """
 
+    LOGNORM = True  # DDCAdam(frame='lognorm') constructs this class
+
     def __init__(self, params, binding=None, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, vertical: str = "freeze",
                  vertical_eps: float | None = None, vertical_rtol: float | None = None, nonfinite: str = "raise",

@@ -115,7 +115,7 @@ class DDCAdam(torch.optim.Optimizer):
                  vertical: str = "freeze", vertical_eps: float | None = None, vertical_rtol: float | None = None,
                  nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None,
                  kernels: str | None = None, frame: str = "canonical"):
-        if frame == "lognorm" and type(self).__name__ != "DDCAdamLogNorm":
+        if frame == "lognorm" and not getattr(self, "LOGNORM", False):
             raise ValueError(f"frame='lognorm' is a construction of DDCAdam's; {type(self).__name__} takes "
                              "frame='canonical'")
         self.frame = frame

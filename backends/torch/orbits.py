@@ -185,16 +185,22 @@ class BoundFamily:
             a0, a1 = self._anchor_entries(theta[self.roles[self.family.slices[0].role][0]], 0)
             c, sn = h
             return ((a0 == 0) & (a1 == 0)) | ~torch.isfinite(c) | ~torch.isfinite(sn)
+        bad = ~torch.isfinite(h) | (h == 0)
+        for v in self.side_sums(theta).values():
+            bad = bad | (v == 0)
+        return bad
+
+    def side_sums(self, theta: list[Tensor]) -> dict[int, Tensor]:
+        """Per unit ``Σ θ²`` over the slices of each sign of exponent (scale families), ``{±1: (units,)}``:
+        the quantities :meth:`degenerate` and the jointly balanced frame read (each side summed on its own,
+        not recovered from ``Γ ± Xᵀθ``, which loses the smaller side to cancellation)."""
         sides: dict[int, Tensor] = {}
         for s, i in self.members():
             t = theta[i]
-            v = _reduce(t * t, s.axis) if self.kind == "scale" else None
-            key = s.exponent > 0
+            v = _reduce(t * t, s.axis)
+            key = 1 if s.exponent > 0 else -1
             sides[key] = v if key not in sides else sides[key] + v
-        bad = ~torch.isfinite(h) | (h == 0)
-        for v in sides.values():
-            bad = bad | (v == 0)
-        return bad
+        return sides
 
     def identity_where(self, mask: Tensor, h):
         """The frame with the identity element on the ``mask`` ed units."""
