@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter dtype")
     ap.add_argument("--canonical-dtype", choices=("float32", "float64"), default=None,
-                    help="DDCAdam canonical_dtype (default: the library's, float64)")
+                    help="DDCAdam canonical_dtype (default: the library's, the parameters' precision)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default: 64 on CPU, 512 on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")

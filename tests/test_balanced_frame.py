@@ -140,3 +140,65 @@ def test_joint_solve_is_refused_loudly_when_it_does_not_converge(monkeypatch):
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
     assert not opt.state or all(not s for s in opt.state.values())
+
+
+def _trained_pair(seed: int = 6, steps: int = 4):
+    """A coupled block after ``steps`` DDCAdam steps (so the balance has a warm start), and its loss."""
+    m = _block(seed=seed)
+    binding = bind(m, example=(torch.randn(5, 3, dtype=torch.float64),))
+    opt = DDCAdam(m.parameters(), binding=binding, lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss():
+        x = torch.randn(7, 3, dtype=torch.float64, generator=gen)
+        return torch.nn.functional.cross_entropy(m(x), torch.arange(7) % 2)
+
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    return m, opt, loss
+
+
+def test_warm_start_is_only_a_starting_point():
+    """The joint balance starts Newton from last step's log-scales (state ``balance.<family>``), but the frame
+    is still the minimiser of ``F`` at ``θ``: a step from a corrupted warm start (every log-scale moved by
+    0.3, or zeroed) gives the step of the intact one. Bound: both Newton solves stop at the round-off floor
+    (64 ε in log-scale, balance.FLOOR), which the step inherits relative to ``θ``, times cond(Γ) ≤ 1e3."""
+    m, opt, loss = _trained_pair()
+    warm = {k: v for st in opt.state.values() for k, v in st.items() if k.startswith("balance.")}
+    assert warm and all(bool(torch.isfinite(v).all()) and bool(v.abs().max() > 0) for v in warm.values())
+    opt.zero_grad()
+    loss().backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    results = []
+    for corrupt in (None, lambda v: v + 0.3, torch.zeros_like):
+        mc, oc = copy.deepcopy(m), None
+        oc = DDCAdam(mc.parameters(), binding=bind(mc, example=(torch.randn(5, 3, dtype=torch.float64),)), lr=1e-2)
+        oc.load_state_dict(opt.state_dict())
+        if corrupt is not None:
+            for st in oc.state.values():
+                for k in [k for k in st if k.startswith("balance.")]:
+                    st[k] = corrupt(st[k])
+        for p, g in zip(mc.parameters(), grads):
+            p.grad = g.clone()
+        oc.step()
+        results.append([p.detach().clone() for p in mc.parameters()])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert float((a - b).abs().max()) <= 64 * EPS * 1e3 * float(a.abs().max()), (a, b)
+
+
+def test_checkpoint_carries_the_warm_start():
+    """The balance's log-scales are optimizer state: a resumed run steps bit for bit as the uninterrupted one."""
+    m, opt, loss = _trained_pair(seed=7)
+    mc = copy.deepcopy(m)
+    oc = DDCAdam(mc.parameters(), binding=bind(mc, example=(torch.randn(5, 3, dtype=torch.float64),)), lr=1e-2)
+    oc.load_state_dict(copy.deepcopy(opt.state_dict()))
+    opt.zero_grad()
+    loss().backward()
+    for p, q in zip(mc.parameters(), m.parameters()):
+        p.grad = q.grad.clone()
+    opt.step()
+    oc.step()
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), mc.parameters()))

@@ -26,8 +26,6 @@ from torch import nn
 
 from gaugemath.errors import GaugeError
 
-torch.set_num_threads(1)
-
 STEPS = 50
 BAR = {torch.float32: 1e-6, torch.float64: 1e-12}  # see the module docstring
 

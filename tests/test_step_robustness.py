@@ -72,6 +72,24 @@ def test_finite_gradients_whose_norm_overflows_step_like_adamw():
     assert torch.equal(w, ref)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_single_non_finite_gradient_entry_is_caught_in_each_dtype(bad):
+    """The all-finite check reads each tensor's extremes (``optim.extremes``): one non-finite entry, of either
+    sign, anywhere, in fp32, fp64 or bf16, raises naming the parameter, and nothing is changed; 3e38 (finite
+    in fp32 and bf16) is not flagged."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        model = tiny_gpt().to(dtype)
+        opt = DDCAdam(model.named_parameters(), binding=bind(model))
+        _loss(model, 0).backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        model.blocks[0].mlp.down.weight.grad[1, 2] = bad
+        with pytest.raises(GaugeError, match="blocks.0.mlp.down.weight.*non-finite gradient"):
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before)) and not opt.state
+        model.blocks[0].mlp.down.weight.grad[1, 2] = 3e38
+        assert opt._all_finite(opt.param_groups[0], [(p, p.grad, {}) for p in model.parameters()])
+
+
 def test_foreign_and_mismatched_checkpoints_are_named():
     model = tiny_gpt()
     adamw = torch.optim.AdamW(model.parameters())

@@ -235,14 +235,14 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_vert = state.vertical
         if idx:
             bufs = [state.momentum[muon_pos[i]] if i in muon_pos else None for i in idx]
-            theta_new, ms, vs, new_vert, bufs, converged = _ddc_step(
+            steps, ms, vs, new_vert, bufs, converged = _ddc_step(
                 [p_leaves[i] for i in idx], [g_leaves[i] for i in idx], [m_leaves[i] for i in idx],
                 [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd)
             for i, buf in zip(idx, bufs):
                 if i in muon_pos:
                     new_mom[muon_pos[i]] = buf
             for k, i in enumerate(idx):
-                updates[i] = (theta_new[k] - p_leaves[i].astype(theta_new[k].dtype)).astype(p_leaves[i].dtype)
+                updates[i] = steps[k].astype(p_leaves[i].dtype)
                 new_m[i], new_v[i] = ms[k], vs[k]
         update_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in updates]))
         if idx:  # a joint balance that did not converge: the canonical point is undefined
@@ -334,11 +334,15 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 new_vert.append(mv)
                 a = a + step + weight_decay * coef[f][..., 1]
             delta = sync(lay, delta, fam.lift(a, theta, delta))
-        theta = entries(lay, [th - lr * d for th, d in zip(theta[:n], delta[:n])])
+        # Δθ̃ = −lr·δ mapped back as a tangent vector, Δθ = D(h)⁻¹Δθ̃ (inverse frames' linear parts in reverse
+        # order; a translation's is the identity): the update itself, so θ + Δθ rounds θ once (not h⁻¹·(θ̃ + Δθ̃)
+        # minus θ, which rounds θ in the work dtype and cancels)
+        step = entries(lay, [-lr * d for d in delta[:n]])
         for fam, h in zip(reversed(fams), reversed(frames)):
-            theta = sync(lay, theta, fam.act(h, theta, inverse=True))
+            if fam.kind != "translate":
+                step = sync(lay, step, fam.act(h, step, inverse=True))
         back = lambda xs: [x if x is None else from_work(lay, k, x) for k, x in enumerate(xs)]  # noqa: E731
-        return (back(theta[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
+        return (back(step[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
                 back(new_bufs), converged)
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):

@@ -74,31 +74,48 @@ class JointBalance:
     def __bool__(self) -> bool:
         return bool(self.members)
 
-    def solve(self, batches: list[Batch], theta: list[Tensor], sync: bool = True) -> dict:
+    def solve(self, batches: list[Batch], theta: list[Tensor], sync: bool = True,
+              warm: dict[int, Tensor] | None = None) -> dict:
         """Balance ``θ`` in place; returns ``{batch position: (h, mask)}`` for the batches of two-sided
         families (``h = e^{a*}`` per unit, the identity on degenerate units ``mask``) and, under the key
         ``"info"``, ``0`` if Newton converged (a tensor: checked with the update, no sync here).
         ``batches``' ``members`` index the ``families`` given at construction. ``sync=False``
-        (under ``torch.compile``): a fixed number of Newton steps, no host read of the step size."""
+        (under ``torch.compile``): a fixed number of Newton steps, no host read of the step size.
+
+        ``warm`` (eager only; the caller's dict, updated in place): per batch of coupled families, the
+        log-scales of the previous solve, Newton's starting point instead of the per-unit closed form.
+        A DDC update is horizontal, so it changes the charges ``Xᵀθ̃`` only to second order: from the
+        last step's frame Newton starts next to the minimiser and needs one factorisation instead of three.
+        It is only a starting point: Newton still runs to the round-off floor, so the frame is the
+        minimiser of ``F`` at ``θ`` (to round-off), whatever ``warm`` holds, and equivariance is
+        untouched (if ``θ_B = e^b·θ_A`` then the minimisers satisfy ``a*_B = a*_A − b`` either way)."""
         mine = {i: b for i, b in enumerate(batches) if b.members[0] in set(self.members)}
         logs: dict[int, Tensor] = {}
         masks: dict[int, Tensor] = {}
+        newton = {i: b for i, b in mine.items() if any(f in self.coupled for f in b.members)}
         for i, b in mine.items():  # closed form per unit: exact for uncoupled families
             side = b.family.side_sums(theta)
             plus, minus = side[1], side[-1]
             masks[i] = (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus)
             a = torch.where(masks[i], torch.zeros_like(plus), 0.25 * torch.log(minus / plus))
+            if sync and warm is not None and i in newton and i in warm:  # the coupled units start from warm
+                start = warm[i]
+                coupled = b.join([torch.full((b.units,), f in self.coupled, dtype=torch.bool, device=a.device)
+                                  for f in b.members])
+                a = torch.where(coupled & ~masks[i] & torch.isfinite(start), start, a)
             b.family.act(torch.exp(a), theta)
             logs[i] = a
-        newton = {i: b for i, b in mine.items() if any(f in self.coupled for f in b.members)}
         info = theta[0].new_zeros((), dtype=torch.int32)
         if newton:
             info = self._newton(newton, theta, logs, masks, sync)
+            if sync and warm is not None:
+                warm.update({i: logs[i] for i in newton})
         out: dict = {i: (torch.exp(logs[i]), masks[i]) for i in mine}
         out["info"] = info
         return out
 
-    def _newton(self, newton: dict[int, Batch], theta: list[Tensor], logs: dict, masks: dict, sync: bool) -> Tensor:
+    def _newton(self, newton: dict[int, Batch], theta: list[Tensor], logs: dict, masks: dict,
+                sync: bool) -> Tensor:
         """Newton steps ``a ← a − ½ Γ⁻¹ Xᵀθ`` on the coupled families, ``θ`` rescaled after each."""
         proj = self.projector
         local = {f: k for k, f in enumerate(self.coupled)}
@@ -146,22 +163,24 @@ class JointBalance:
 
 
 def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] | None = None,
-                 balance: JointBalance | None = None, sync: bool = True) -> tuple[list, list[Tensor], list[Tensor]]:
+                 balance: JointBalance | None = None, sync: bool = True,
+                 warm: dict[int, Tensor] | None = None) -> tuple[list, list[Tensor], list[Tensor]]:
     """Step 1 of DDCAdam, in place: ``θ ← h(θ)·θ`` and ``g ← D(h)^{-T} g`` batch by batch, in the
     batches' order (``balance``: the two-sided scale families jointly, :class:`JointBalance`; every
     other family by its own generated frame). A unit whose frame is undefined
     (:meth:`~.orbits.BoundFamily.degenerate`) takes the identity and no vertical space.
 
     Returns per batch the frame ``h`` and the degenerate-unit mask, and the convergence flags of the
-    joint solve (tensors, ``0``: converged; checked with the update)."""
+    joint solve (tensors, ``0``: converged; checked with the update). ``warm``: Newton's starting
+    points, see :meth:`JointBalance.solve`."""
     frames, masks, infos = [], [], []
-    joint: dict | None = None
+    joint: dict = {}
     members = set(balance.members) if balance else set()
     for i, b in enumerate(batches):
         fam = b.family
         if b.members[0] in members:
-            if joint is None:
-                joint = balance.solve(batches, theta, sync=sync)
+            if not joint:
+                joint = balance.solve(batches, theta, sync=sync, warm=warm)
                 infos.append(joint["info"])
             h, mask = joint[i]
             if grad is not None:

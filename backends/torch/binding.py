@@ -156,6 +156,14 @@ def work_copies(layout: Layout, tensors: Sequence[Tensor], dtype: torch.dtype | 
     return out
 
 
+def work_view(layout: Layout, index: int, t: Tensor) -> Tensor:
+    """Parameter ``index``'s tensor ``t`` (stored layout) in the work layout: a view (transposed), or a
+    gather where the layout permutes rows."""
+    t = t.T if layout.transpose[index] else t
+    perm = layout.perms[index]
+    return t[torch.tensor(perm, device=t.device)] if perm is not None else t
+
+
 def stored(layout: Layout, index: int, w: Tensor) -> Tensor:
     """Parameter ``index``'s work-layout tensor ``w`` back in its stored layout (a view or a gather)."""
     perm = layout.perms[index]

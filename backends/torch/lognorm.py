@@ -97,7 +97,7 @@ from gaugemath.errors import GaugeError
 
 from .._spec import entry_shape
 from .binding import entries, stored, work_copies
-from .optim import DDCAdam, _SkipStep, scalar, step_count
+from .optim import DDCAdam, _SkipStep, extremes, scalar, step_count
 
 COVERED = ("relu_rescale", "swiglu_rescale", "norm_scale", "ce_shift")
 SQRT2 = math.sqrt(2.0)
@@ -436,7 +436,7 @@ class DDCAdamLogNorm(DDCAdam):
     def _check(self, final: list[Tensor], plan: dict) -> None:
         """One host sync: is every new value finite and representable in the parameters' dtype?"""
         fmax = torch.finfo(plan["bound"][0].dtype).max
-        peak = torch.stack(torch._foreach_norm(final, ord=float("inf")))
+        peak = extremes(final).abs()
         if bool((torch.isfinite(peak) & (peak <= fmax)).all()):
             return
         if self.nonfinite == "skip":

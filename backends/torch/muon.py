@@ -98,6 +98,12 @@ class DDCMuon(DDCAdam):
         self.muon_ids = {id(p) for p in chosen}
         self.ns = (tuple(ns_coefficients), ns_steps, eps, adjust_lr_fn, ns_dtype, canonical_ns_dtype)
 
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """Float64 unless ``canonical_dtype`` says otherwise: Newton–Schulz amplifies the rounding of
+        near-null gradient directions (``bench/muon_floor.py``); with a float32 canonical frame the fp32
+        protocol reaches 1.03e-6 on ``vit.layernorm_relu`` (seed 2) against 5.3e-7 in float64."""
+        return self.canonical_dtype or torch.float64
+
     #: DDCMuon steps a gauge's tensors with one weight decay (DDCAdam takes a different one per group)
     SHARED = DDCAdam.SHARED + ("weight_decay", "adam_weight_decay", "momentum", "nesterov", "adam_lr")
 

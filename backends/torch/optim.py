@@ -1,7 +1,8 @@
 """``DDCAdam``: AdamW lifted to a gauge-equivariant optimizer (``../shared/spec/ddc.md`` §3).
 
-One step on the gauge-bound tensors, all in the canonical dtype (``canonical_dtype``, fp64 by
-default; Adam moments in the parameter dtype, fp32 for bf16 parameters):
+One step on the gauge-bound tensors, in the canonical dtype (``canonical_dtype``: by default the
+parameters' precision, fp32 for fp32 and bf16 parameters; Adam moments in the parameter dtype, fp32
+for bf16 parameters):
 
 1. ``θ̃ = h(θ)·θ`` and ``g̃ = D(h)^{-T} g``, family by family in binding order (a unit whose frame is
    undefined, :meth:`~.orbits.BoundFamily.degenerate`, takes the identity and no vertical space; the composed
@@ -17,7 +18,9 @@ default; Adam moments in the parameter dtype, fp32 for bf16 parameters):
 4. ``Δθ̃ = −lr [P_H u + λ P_H θ̃ + X a]`` with the vertical coefficients ``a``:
    ``freeze`` (default): ``a = 0``; ``sgd``: ``a = c_g + λ c_θ``; ``adam``: scalar Adam moments
    per orbit coordinate on ``ĉ = c_g ‖X_k‖`` (normalised generators), ``a = m̂/(√v̂ + ε_V)/‖X_k‖ + λ c_θ``.
-5. ``θ ← h(θ)⁻¹·(θ̃ + Δθ̃)`` (inverse frames in reverse order).
+5. ``θ ← θ + D(h)⁻¹Δθ̃``: the step mapped back as a tangent vector (the inverse frames' linear parts in
+   reverse order; a translation's is the identity) and added to ``θ`` itself, which equals
+   ``h(θ)⁻¹·(θ̃ + Δθ̃)`` for these affine actions but rounds ``θ`` once instead of in every stage.
 
 If ``θ_B = g·θ_A`` and ``g_B = D(g)^{-T} g_A`` then ``θ̃_B = θ̃_A`` and ``g̃_B = g̃_A``: the whole
 canonical step is identical and ``θ_B' = g·θ_A'`` (exact equivariance up to round-off).
@@ -47,7 +50,7 @@ from .._spec import entry_shape
 from . import batching
 from .balance import JointBalance, canonicalise
 from .batching import Batch, Layout
-from .binding import Binding, entries, reindexed, restrict, stored, work_copies
+from .binding import Binding, entries, reindexed, restrict, stored, work_copies, work_view
 from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
 
@@ -75,11 +78,11 @@ class DDCAdam(torch.optim.Optimizer):
             is treated as exactly zero (default ``√ε`` of the parameter dtype: the resolution of a
             backward pass; ``0`` keeps only the dot-product rounding bound).
         canonical_dtype: dtype of the canonical-frame computation (frames, ``θ̃``, ``g̃``,
-            projections, mapping back); Adam moments stay in the parameter dtype (fp32 for bf16).
-            Default ``torch.float64``: a rotation mixes coordinates of very different size, and in
-            fp32 the small ones inherit the rounding of the large ones, which Adam's
-            per-coordinate normalisation then amplifies (measured: 1.1e-6 vs 2.5e-7 deviation over
-            50 fp32 steps, see docs/backends/torch.md).
+            projections, the step ``Δθ``); Adam moments stay in the parameter dtype (fp32 for bf16).
+            Default: the parameters' precision (fp64 for fp64 parameters, else fp32). Because the step is
+            added to ``θ`` in parameter coordinates (step 5), the work dtype's rounding reaches only
+            ``Δθ``: the fp32 protocol measures 2.0–4.6e-7 with fp32 buffers and 2.1–3.5e-7 with fp64 ones
+            (docs/backends/torch.md). Coupled Schur complements are formed in fp64 either way.
         nonfinite: what a step with a non-finite gradient does: ``"raise"`` (default) a
             :class:`~gaugemath.GaugeError` naming the parameter and gauge, or ``"skip"`` the step,
             leaving parameters and state untouched. Either way the check is one host sync per
@@ -376,6 +379,10 @@ class DDCAdam(torch.optim.Optimizer):
                     for moment in ("exp_avg", "exp_avg_sq"):
                         self.state[bound[0]].setdefault(f"vertical.{f}.{moment}",
                                                         torch.zeros(shape, dtype=sdtype, device=bound[0].device))
+            if plan["balance"] is not None:  # the joint balance's last log-scales, see _warm_start
+                for f in plan["balance"].coupled:
+                    self.state[bound[0]].setdefault(f"balance.{f}", torch.zeros(
+                        plan["families"][f].units, dtype=self._work_dtype(bound[0].dtype), device=bound[0].device))
         if bound:
             self._path(plan)  # decide the kernel path here, outside any compiled graph
         layout = []
@@ -391,8 +398,7 @@ class DDCAdam(torch.optim.Optimizer):
     def _all_finite(self, group: dict, slots: list[tuple]) -> bool:
         """One host sync: are all gradients finite? (``nonfinite="raise"``: if not, name the tensor.)"""
         grads = [g for _, g, _ in slots]
-        # the max-norm of a tensor is finite iff every entry is (the 2-norm overflows for finite 1e19 in fp32)
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=float("inf")))).all()):
+        if not grads or bool(torch.isfinite(extremes(grads)).all()):
             return True
         if self.nonfinite == "skip":
             return False
@@ -418,6 +424,14 @@ class DDCAdam(torch.optim.Optimizer):
         if shape is None or tuple(shape) == tuple(p.shape):  # (a row permutation keeps the shape)
             return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         return torch.zeros(shape, dtype=dtype, device=p.device)
+
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The canonical dtype for bound parameters of ``dtype``: ``canonical_dtype`` if given, else the
+        parameters' own precision (float32 for bfloat16): the update is added to ``θ`` in parameter
+        coordinates (step 5), so the work dtype's rounding reaches only ``Δθ``, not ``θ``."""
+        if self.canonical_dtype is not None:
+            return self.canonical_dtype
+        return torch.float64 if dtype == torch.float64 else torch.float32
 
     def _uses_moments(self, p: Tensor) -> bool:
         """Whether ``p`` keeps per-coordinate Adam moments (every tensor here; not Muon's in ``DDCMuon``)."""
@@ -501,7 +515,7 @@ class DDCAdam(torch.optim.Optimizer):
         path, fams, proj, batches, layout = self._path(plan)
         n = len(params)
         sdtype = torch.float32 if params[0].dtype == torch.bfloat16 else params[0].dtype
-        work = self.canonical_dtype or torch.float64
+        work = self._work_dtype(params[0].dtype)
         lay = plan["layout"]
         if layout is None:  # one work copy per tensor (in its work layout), and the row views of the layout
             theta_flat = None
@@ -512,7 +526,10 @@ class DDCAdam(torch.optim.Optimizer):
             grad = layout.buffer([g for _, g, _ in slots], work)[1]
         balance = plan["kernel_balance"] if path == "triton" else plan["balance"]
         # 1. canonical coordinates (θ̃, and g̃ by the covector rule)
-        frames, masks, balance_infos = canonicalise(batches, theta, grad, balance, sync=not _compiling())
+        warm = None if _compiling() or balance is None else _warm_start(states[0], batches, balance)
+        frames, masks, balance_infos = canonicalise(batches, theta, grad, balance, sync=not _compiling(), warm=warm)
+        if warm is not None:  # the joint balance's log-scales: the next step's start (state: resumes bit for bit)
+            _keep_warm(states[0], batches, warm)
         grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
         grams = [torch.where(b.family.unit_mask(m, g), _unit_gram(g), g) for b, m, g in zip(batches, masks, grams)]
         c_theta = [_off(b, m, c) for b, m, c in zip(batches, masks, c_theta)]
@@ -556,18 +573,21 @@ class DDCAdam(torch.optim.Optimizer):
                                                     veps, sdtype) for f in b.members])
                 a = a + wd * cu[..., 1]
             b.family.lift(a, theta, delta)
-        if layout is not None:  # 5. step and map back
-            _sub_scaled(theta_flat, delta_flat, lr)
-        elif isinstance(lr, Tensor):  # a tensor lr: under torch.compile
-            torch._foreach_mul_(delta[:n], lr)
-            torch._foreach_sub_(theta[:n], delta[:n])
+        # 5. the step Δθ̃ = −lr·δ, mapped back as a tangent vector, Δθ = D(h)⁻¹Δθ̃ (the linear part of the
+        # inverse frames, in reverse order: a translation's is the identity), added to θ itself: θ' = θ + Δθ.
+        # (Not h⁻¹·(θ̃ + Δθ̃): that rounds θ twice more in the work dtype; here its rounding meets only Δθ.)
+        if layout is not None:
+            _scale(delta_flat, lr)
         else:
-            torch._foreach_add_(theta[:n], delta[:n], alpha=-lr)
+            _scale(delta[:n], lr)
         for b, h in zip(reversed(batches), reversed(frames)):
-            b.family.act(h, theta, inverse=True)
+            if b.family.kind != "translate":
+                b.family.act(h, delta, inverse=True)
+        new = delta[:n]
+        torch._foreach_add_(new, [work_view(lay, k, p.detach()) for k, p in enumerate(params)])
         if self.nonfinite != "unchecked":
-            self._check_update(theta[:n], plan, batches, frames, fact["info"], balance_infos)
-        for k, (p, t) in enumerate(zip(params, theta[:n])):
+            self._check_update(new, plan, batches, frames, fact["info"], balance_infos)
+        for k, (p, t) in enumerate(zip(params, new)):
             p.copy_(stored(lay, k, t))
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
@@ -615,7 +635,7 @@ class DDCAdam(torch.optim.Optimizer):
         """One host sync: is the update finite and was every coupled Gram block positive definite? If
         not, name the family (and layer) whose frame broke, or the coupled families."""
         # finite, and representable in the parameters' dtype (an fp64 work value above fp32's max is inf there)
-        peak = torch.stack(torch._foreach_norm(theta, ord=float("inf")))
+        peak = extremes(theta).abs()
         ok = (torch.isfinite(peak) & (peak <= torch.finfo(plan["bound"][0].dtype).max)).all()
         if infos or balance_infos:
             ok = ok & (torch.stack([*infos, *balance_infos]) == 0).all()
@@ -689,6 +709,14 @@ def _slots(tensors: list[Tensor], layout: tuple) -> tuple[list[tuple], list[tupl
     return parts[0], parts[1]
 
 
+def extremes(tensors: list[Tensor]) -> Tensor:
+    """Every tensor's least and greatest entry, ``(2·k,)`` (empty tensors left out): all finite iff every
+    entry is (a NaN propagates through ``aminmax``; the 2-norm would overflow for finite 1e19 in fp32).
+    One read-only pass, ~10× cheaper on CPU than ``_foreach_norm(ord=inf)``, which takes ``|t|`` first."""
+    parts = [v for t in tensors if t.numel() for v in torch.aminmax(t)]
+    return torch.stack(parts) if parts else torch.zeros(0)
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
@@ -722,6 +750,29 @@ def step_count(state: dict) -> float | Tensor:
     return state["step"].to(torch.float64) if _compiling() else state["step"].item()
 
 
+def _warm_start(st0: dict, batches: list[Batch], balance) -> dict[int, Tensor]:
+    """Per batch of coupled scale families, the log-scales the joint balance found last step (state
+    ``balance.<family>``): Newton's starting point (:meth:`~.balance.JointBalance.solve`); empty on the
+    first step (the closed form is the start then; the solve fills it). Kept in the optimizer state so
+    that a resumed checkpoint steps bit for bit as the uninterrupted run."""
+    if not balance.coupled or step_count(st0) == 0:
+        return {}
+    coupled = set(balance.coupled)
+    first = st0[f"balance.{balance.coupled[0]}"]
+    return {i: b.join([st0[f"balance.{f}"] if f in coupled else first.new_full((b.units,), float("nan"))
+                       for f in b.members])
+            for i, b in enumerate(batches) if any(f in coupled for f in b.members)}
+
+
+def _keep_warm(st0: dict, batches: list[Batch], warm: dict[int, Tensor]) -> None:
+    """Write the balance's new log-scales (``warm``, updated by the solve) back into the state, in place."""
+    for i, logs in warm.items():
+        for f, part in zip(batches[i].members, batches[i].split(logs)):
+            key = f"balance.{f}"
+            if key in st0:
+                st0[key].copy_(part)
+
+
 def _off(b: Batch, mask: Tensor, coords: Tensor) -> Tensor:
     """Vertical coordinates with those of degenerate units set to zero (they have no vertical space)."""
     return torch.where(b.family.unit_mask(mask, coords), torch.zeros_like(coords), coords)
@@ -743,12 +794,12 @@ def _per_family(batches: list[Batch], outputs, count: int) -> list[Tensor]:
     return out
 
 
-def _sub_scaled(x: Tensor, y: Tensor, lr: float | Tensor) -> None:
-    """In place ``x −= lr·y`` (``y`` is scratch: a tensor ``lr``, under torch.compile, scales it)."""
-    if isinstance(lr, Tensor):
-        x.sub_(y.mul_(lr))
+def _scale(y: Tensor | list[Tensor], lr: float | Tensor) -> None:
+    """In place ``y ← −lr·y`` (a flat buffer or a list of tensors; ``lr`` a tensor under torch.compile)."""
+    if isinstance(y, Tensor):
+        y.mul_(-lr)
     else:
-        x.add_(y, alpha=-lr)
+        torch._foreach_mul_(y, -lr)
 
 
 def _stack(*columns: list[Tensor]) -> list[Tensor]:

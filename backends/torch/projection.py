@@ -47,13 +47,13 @@ class Projector:
         grams = [fam.gram(theta) for fam in self.families] if grams is None else grams
         heads = {f: torch.linalg.eigh(grams[f]) for f, fam in enumerate(self.families) if fam.kind == "head"}
         schur, infos = [], []
-        for comp in self.components:
-            d_a = torch.cat([grams[f] for f in comp.side_a])
-            d_b = torch.cat([grams[f] for f in comp.side_b])
+        for comp in self.components:  # in float64 whatever the work dtype: S = D_A − E D_B⁻¹ Eᵀ cancels
+            d_a = torch.cat([grams[f] for f in comp.side_a]).to(torch.float64)
+            d_b = torch.cat([grams[f] for f in comp.side_b]).to(torch.float64)
             off_a, off_b = comp.offsets(self.families)
             e = d_a.new_zeros(d_a.shape[0], d_b.shape[0])
             for fa, fb, i, a_rows, w in comp.edge_weights(self.families):
-                t = theta[i]
+                t = theta[i].to(torch.float64)
                 sq = t * t if a_rows else (t * t).T
                 sa, sb = off_a[fa], off_b[fb]
                 e[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units] += w * sq
@@ -81,11 +81,13 @@ class Projector:
                 out[f] = rhs[f] / fact["grams"][f][:, None]
         for comp, (e, d_b, chol, off_a, off_b) in zip(self.components, fact["schur"]):
             r_a = torch.cat([rhs[f] for f in comp.side_a])
-            r_b = torch.cat([rhs[f] for f in comp.side_b])
-            x_a = torch.cholesky_solve(r_a - e @ (r_b / d_b[:, None]), chol)
+            dtype = r_a.dtype
+            r_a, r_b = r_a.to(e.dtype), torch.cat([rhs[f] for f in comp.side_b]).to(e.dtype)
+            r = r_a - e @ (r_b / d_b[:, None])
+            x_a = torch.cholesky_solve(r, chol)
             x_b = (r_b - e.T @ x_a) / d_b[:, None]
             for f in comp.side_a:
-                out[f] = x_a[off_a[f] : off_a[f] + self.families[f].units]
+                out[f] = x_a[off_a[f] : off_a[f] + self.families[f].units].to(dtype)
             for f in comp.side_b:
-                out[f] = x_b[off_b[f] : off_b[f] + self.families[f].units]
+                out[f] = x_b[off_b[f] : off_b[f] + self.families[f].units].to(dtype)
         return out  # type: ignore[return-value]
