@@ -113,6 +113,26 @@ class Binding:
                                 prefix=prefix)
         return checked.checked
 
+    def rebind(self, model: nn.Module) -> Binding:
+        """This binding on ``model``'s current parameters of the same names, for a wrapper that replaced the
+        parameter objects: ``torch.distributed.fsdp.fully_shard`` (FSDP2) makes each one a new
+        ``nn.Parameter`` holding a DTensor shard. Bind the unsharded model, shard it, then pass
+        ``binding.rebind(model)`` to the optimizer. Every bound name must still be a parameter with the same
+        (global) shape and dtype, else a :class:`GaugeError` names it; families, layout and what was checked
+        carry over, since sharding changes where a tensor is stored, not what the model computes."""
+        inner, prefix = _unwrap(model)
+        named = dict(inner.named_parameters(remove_duplicate=False))
+        params = []
+        for name, old in self.params:
+            new = named.get(name, named.get(name[len(prefix):] if name.startswith(prefix) else name))
+            if new is None:
+                raise GaugeError(self.gauge_of(old), name, "is bound but is not a parameter of this model")
+            if tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
+                raise GaugeError(self.gauge_of(old), name, f"is {tuple(old.shape)}/{old.dtype} in the binding but "
+                                 f"{tuple(new.shape)}/{new.dtype} in this model")
+            params.append((name, new))
+        return replace(self, params=params)
+
     # ------------------------------------------------------------- report
     def gauge_of(self, p: Tensor) -> str:
         idx = next((i for i, (_, q) in enumerate(self.params) if q is p), None)
@@ -217,6 +237,15 @@ def compose(specs: Sequence[GaugeSpec], frames: bool = True,
             balanced: bool = True) -> tuple[list[GaugeSpec], list[Refusal]]:
     """:func:`gaugemath.backends._compose.compose` with the torch backend's families."""
     return _compose(specs, FAMILIES, frames, balanced)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    """A ``torch.distributed.tensor.DTensor`` (FSDP2's and tensor parallelism's sharded parameters). Only a
+    process that created one has imported the class, so a module never imported is never asked about."""
+    import sys
+
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
@@ -349,6 +378,10 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
         raise ValueError(f"frames={frames!r}: choose from {FRAMES}")
     balanced = frames == "balanced"
     inner, prefix = _unwrap(model)
+    sharded = next((n for n, p in inner.named_parameters() if _is_dtensor(p)), None)
+    if sharded is not None:
+        raise GaugeError("bind", sharded, "is a DTensor (torch.distributed.fsdp.fully_shard or tensor parallel): "
+                         "bind the model before sharding it, then take binding.rebind(model) for the optimizer")
     loss = _loss(inner, loss)
     refusals: list[Refusal] = []
     args, kwargs = (), {}

@@ -50,7 +50,7 @@ from .._spec import entry_shape
 from . import batching
 from .balance import JointBalance, canonicalise
 from .batching import Batch, Layout
-from .binding import Binding, entries, reindexed, restrict, stored, work_copies, work_view
+from .binding import Binding, _is_dtensor, entries, reindexed, restrict, stored, work_copies, work_view
 from .kernels import KERNELS, KernelFamily, adam_directions, select
 from .projection import Projector
 
@@ -318,7 +318,10 @@ class DDCAdam(torch.optim.Optimizer):
                         journal.save([t for _, _, st in bound for t in st.values()])
                         if several:  # an earlier group's committed parameters, if a later group fails
                             journal.save([p for p, _, _ in bound])
-                    self._ddc(group, self._plans[index], bound)
+                    if any(_is_dtensor(p) for p, _, _ in bound):
+                        self._ddc_sharded(group, self._plans[index], bound)
+                    else:
+                        self._ddc(group, self._plans[index], bound)
             for _, group, free, _ in ready:
                 self._adamw(group, free)
         except BaseException as error:  # all or nothing: parameters and state as before the step
@@ -590,6 +593,30 @@ class DDCAdam(torch.optim.Optimizer):
         for k, (p, t) in enumerate(zip(params, new)):
             p.copy_(stored(lay, k, t))
 
+    def _ddc_sharded(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+        """:meth:`_ddc` for bound DTensor parameters (FSDP2's ``fully_shard``): the step on their full tensors,
+        the same on every rank, each rank keeping its shard of the result.
+
+        The step's per-unit statistics (column norms, Gram blocks, frames) read whole slices, which a shard
+        splits. Here each bound parameter, its gradient and its DTensor state are gathered (``full_tensor()``,
+        one all-gather each), the ordinary step runs on them, and each rank writes back its own shard
+        (``distribute_tensor(..., src_data_rank=None)``: a local slice, no communication). It equals the
+        single-process step bit for bit (tests/test_distributed.py, 2 gloo processes); the price is an
+        all-gather of the bound parameters, gradients and moments per step, and their full size in memory on
+        every rank while it runs. Plain state (step counts, the balance's log-scales) is the same on every
+        rank and is updated in place."""
+        from torch.distributed.tensor import distribute_tensor
+
+        def full(t: Tensor) -> Tensor:
+            return t.full_tensor() if _is_dtensor(t) else t
+
+        proxies = [(full(p.detach()), full(g), {k: full(v) for k, v in st.items()}) for p, g, st in slots]
+        self._ddc(group, plan, proxies)
+        for (p, _, st), (fp, _, fst) in zip(slots, proxies):
+            for t, f in [(p.detach(), fp), *((st[k], fst[k]) for k in st)]:
+                if _is_dtensor(t):
+                    t.to_local().copy_(distribute_tensor(f, t.device_mesh, t.placements, src_data_rank=None).to_local())
+
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the
         state dtype); returns ``u`` (the step is ``−lr (u + λθ̃)`` before projection; in the state
@@ -713,7 +740,7 @@ def extremes(tensors: list[Tensor]) -> Tensor:
     """Every tensor's least and greatest entry, ``(2·k,)`` (empty tensors left out): all finite iff every
     entry is (a NaN propagates through ``aminmax``; the 2-norm would overflow for finite 1e19 in fp32).
     One read-only pass, ~10× cheaper on CPU than ``_foreach_norm(ord=inf)``, which takes ``|t|`` first."""
-    parts = [v for t in tensors if t.numel() for v in torch.aminmax(t)]
+    parts = [v.full_tensor() if _is_dtensor(v) else v for t in tensors if t.numel() for v in torch.aminmax(t)]
     return torch.stack(parts) if parts else torch.zeros(0)
 
 
