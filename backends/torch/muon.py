@@ -139,6 +139,8 @@ class DDCMuon(DDCAdam):
                 p.add_(update, alpha=-lr * _adjust(lr_fn, p.shape))
 
     # ------------------------------------------------------------------ bound tensors
+    FUSED_ADAM = False  # the base directions are Muon's (and Adam's for the rest): see _base_directions
+
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """Muon directions (canonical momentum, orthogonalised) and AdamW directions, expressed so
         that the step is ``−lr (u + λθ̃)`` with the Muon ``lr`` and ``λ`` of the group."""

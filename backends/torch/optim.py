@@ -550,12 +550,16 @@ class DDCAdam(torch.optim.Optimizer):
         coef_g = proj.solve(fact, _stack(_per_family(batches, rhs_g, len(fams))))
         for b in batches:  # g̃ is not needed again: make it horizontal in place
             b.family.lift(b.join([coef_g[f][..., 0] for f in b.members]), theta, grad, alpha=-1.0)
-        u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
-                                            fused=path == "triton")
-        if layout is not None:  # one pass: copy (and cast) u into its work buffer
-            u_flat, u = layout.buffer(u, work)
+        if path != "triton" and self._fused_adam(params, states, work):
+            u_flat, u, bc1, bc2 = self._adam_into(group, states, grad[:n], layout, work)
+            u = u if layout is not None else entries(lay, u)
         else:
-            u = entries(lay, [x if x.dtype == work else x.to(work) for x in u])
+            u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
+                                                fused=path == "triton")
+            if layout is not None:  # one pass: copy (and cast) u into its work buffer
+                u_flat, u = layout.buffer(u, work)
+            else:
+                u = entries(lay, [x if x.dtype == work else x.to(work) for x in u])
         # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
         rhs = _stack(_per_family(batches, [_off(b, m, b.family.coords(theta, u)) for b, m in zip(batches, masks)],
                                  len(fams)), c_theta)
@@ -616,6 +620,37 @@ class DDCAdam(torch.optim.Optimizer):
             for t, f in [(p.detach(), fp), *((st[k], fst[k]) for k in st)]:
                 if _is_dtensor(t):
                     t.to_local().copy_(distribute_tensor(f, t.device_mesh, t.placements, src_data_rank=None).to_local())
+
+    #: step 3 may run as torch's fused AdamW kernel (DDCMuon's base directions are not Adam's)
+    FUSED_ADAM = True
+
+    def _fused_adam(self, params: list[Tensor], states: list[dict], work: torch.dtype) -> bool:
+        """Whether step 3 can run as ``torch._fused_adamw_`` writing ``u`` into its work buffer: eager, CPU
+        (the state's step counts are CPU tensors, as that kernel wants on CPU), moments in the work dtype."""
+        return (self.FUSED_ADAM and not _compiling() and params[0].device.type == "cpu"
+                and hasattr(torch, "_fused_adamw_") and all(st["exp_avg"].dtype == work for st in states))
+
+    def _adam_into(self, group: dict, states: list[dict], grad_h: list[Tensor], layout: Layout | None,
+                   work: torch.dtype) -> tuple[Tensor | None, list[Tensor], float, float]:
+        """Step 3 in one fused pass: torch's fused AdamW kernel on zeros with ``lr = −1`` and no decay leaves
+        ``0 − (−1)·m̂/(√v̂ + ε) = u`` in them (and the moments updated in place), instead of six foreach
+        passes and a copy of ``u`` into its buffer (``layout``: one flat buffer and its views; ``None``: a
+        tensor per parameter). The kernel's formula is Adam's (``m ← β₁m + (1−β₁)g``,
+        ``v ← β₂v + (1−β₂)g²``, ``u = (m/bc₁)/(√v/√bc₂ + ε)``), its rounding may differ from the foreach
+        form in the last place; both runs of an equivariance test take the same kernel."""
+        (b1, b2), eps = group["betas"], group["eps"]
+        for st in states:
+            st["step"] += 1
+        step = step_count(states[0])
+        if layout is not None:
+            u_flat = torch.zeros(layout.numel, dtype=work, device=grad_h[0].device)
+            u = layout.views(u_flat)
+        else:
+            u_flat, u = None, [torch.zeros_like(g, dtype=work) for g in grad_h]
+        torch._fused_adamw_(u[: len(grad_h)], grad_h, [st["exp_avg"] for st in states],
+                            [st["exp_avg_sq"] for st in states], [], [st["step"] for st in states], lr=-1.0,
+                            beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+        return u_flat, u, 1 - b1**step, 1 - b2**step
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the

@@ -51,21 +51,38 @@ class Projector:
             d_a = torch.cat([grams[f] for f in comp.side_a]).to(torch.float64)
             d_b = torch.cat([grams[f] for f in comp.side_b]).to(torch.float64)
             off_a, off_b = comp.offsets(self.families)
-            e = d_a.new_zeros(d_a.shape[0], d_b.shape[0])
-            for fa, fb, i, a_rows, w in comp.edge_weights(self.families):
-                t = theta[i].to(torch.float64)
-                sq = t * t if a_rows else (t * t).T
-                sa, sb = off_a[fa], off_b[fb]
-                e[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units] += w * sq
-            if masks is not None:  # a degenerate unit couples to nothing
-                keep_a = ~torch.cat([masks[f] for f in comp.side_a])
-                keep_b = ~torch.cat([masks[f] for f in comp.side_b])
-                e = e * keep_a[:, None] * keep_b[None, :]
-            s = torch.diag(d_a) - (e / d_b) @ e.T
+            e, w = self._coupling_matrix(comp, theta, off_a, off_b, d_a.shape[0], d_b.shape[0])
+            ones = d_a.new_ones
+            keep_a = ones(d_a.shape) if masks is None else (~torch.cat([masks[f] for f in comp.side_a])).to(d_a.dtype)
+            keep_b = ones(d_b.shape) if masks is None else (~torch.cat([masks[f] for f in comp.side_b])).to(d_b.dtype)
+            # a degenerate unit couples to nothing: E's rows and columns of masked units count as zero,
+            # applied to the vectors (E diag(k_B/D_B) Eᵀ, then k_A on both sides) instead of to E itself
+            m = (e * (keep_b / d_b)) @ e.T
+            s = torch.diag(d_a) - (w * w) * (keep_a[:, None] * m * keep_a[None, :])
             chol, info = torch.linalg.cholesky_ex(s)  # no host sync; ``info`` is checked with the update
-            schur.append((e, d_b, chol, off_a, off_b))
+            schur.append((e, w, keep_a, keep_b, d_b, chol, off_a, off_b))
             infos.append(info)
         return {"grams": grams, "heads": heads, "schur": schur, "info": infos}
+
+    def _coupling_matrix(self, comp, theta: list[Tensor], off_a: dict, off_b: dict, n_a: int,
+                         n_b: int) -> tuple[Tensor, float]:
+        """``(E₀, w)`` with ``E = w·E₀`` the off-diagonal Gram block ``⟨X_a, X_b⟩ = e_a e_b Σ θ̃[a, b]²`` (fp64).
+        One edge (the usual case: a row and a column rescale of one matrix) is that matrix squared, in two
+        passes, its sign kept as ``w``; several edges are summed into one block (``w = 1``)."""
+        edges = list(comp.edge_weights(self.families))
+        if len(edges) == 1:
+            fa, fb, i, a_rows, w = edges[0]
+            if self.families[fa].units == n_a and self.families[fb].units == n_b:
+                sq = theta[i].to(torch.float64, copy=True)
+                sq = sq.mul_(sq)
+                return (sq if a_rows else sq.T), float(w)
+        e = theta[0].new_zeros((n_a, n_b), dtype=torch.float64)
+        for fa, fb, i, a_rows, w in edges:
+            t = theta[i].to(torch.float64)
+            sq = t * t if a_rows else (t * t).T
+            sa, sb = off_a[fa], off_b[fb]
+            e[sa : sa + self.families[fa].units, sb : sb + self.families[fb].units] += w * sq
+        return e, 1.0
 
     def solve(self, fact: dict, rhs: list[Tensor]) -> list[Tensor]:
         """``Γ⁻¹ r``; ``rhs[f]`` is ``(units, R)`` (heads: skew ``(heads, d, d, R)``)."""
@@ -79,13 +96,12 @@ class Projector:
                 out[f] = torch.einsum("hai,hijr,hbj->habr", q, a, q)
             elif f not in coupled:
                 out[f] = rhs[f] / fact["grams"][f][:, None]
-        for comp, (e, d_b, chol, off_a, off_b) in zip(self.components, fact["schur"]):
+        for comp, (e, w, keep_a, keep_b, d_b, chol, off_a, off_b) in zip(self.components, fact["schur"]):
             r_a = torch.cat([rhs[f] for f in comp.side_a])
             dtype = r_a.dtype
             r_a, r_b = r_a.to(e.dtype), torch.cat([rhs[f] for f in comp.side_b]).to(e.dtype)
-            r = r_a - e @ (r_b / d_b[:, None])
-            x_a = torch.cholesky_solve(r, chol)
-            x_b = (r_b - e.T @ x_a) / d_b[:, None]
+            x_a = torch.cholesky_solve(r_a - (w * keep_a[:, None]) * (e @ (r_b * (keep_b / d_b)[:, None])), chol)
+            x_b = (r_b - (w * keep_b[:, None]) * (e.T @ (x_a * keep_a[:, None]))) / d_b[:, None]
             for f in comp.side_a:
                 out[f] = x_a[off_a[f] : off_a[f] + self.families[f].units].to(dtype)
             for f in comp.side_b:
