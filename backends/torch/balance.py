@@ -136,8 +136,8 @@ class JointBalance:
                         grams[local[f]], rhs[local[f]], fmask[local[f]] = g_part, c_part[:, None], m_part
             if fact is None or prev is None or prev > CHORD:  # else a chord step: the last factorisation
                 fact = proj.factor(theta, grams, fmask)
-                info = info + sum(fact["info"])
             x = proj.solve(fact, rhs)
+            info = info + sum(fact["info"])  # (a factorisation the solve fell back to included)
             biggest = None
             for i, b in newton.items():
                 parts = [x[local[f]][:, 0] if f in local else theta[0].new_zeros(b.units) for f in b.members]

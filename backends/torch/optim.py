@@ -593,7 +593,7 @@ class DDCAdam(torch.optim.Optimizer):
         new = delta[:n]
         torch._foreach_add_(new, [work_view(lay, k, p.detach()) for k, p in enumerate(params)])
         if self.nonfinite != "unchecked":
-            self._check_update(new, plan, batches, frames, fact["info"], balance_infos)
+            self._check_update(new, plan, batches, frames, fact["info"], balance_infos, fact["info_of"])
         for k, (p, t) in enumerate(zip(params, new)):
             p.copy_(stored(lay, k, t))
 
@@ -693,9 +693,10 @@ class DDCAdam(torch.optim.Optimizer):
         return ((m / bc1) / ((v.sqrt() / bc2**0.5).add_(veps))).to(c.dtype) / norm
 
     def _check_update(self, theta: list[Tensor], plan: dict, batches: list[Batch], frames: list,
-                      infos: list[Tensor], balance_infos: list[Tensor] = ()) -> None:
+                      infos: list[Tensor], balance_infos: list[Tensor] = (), which: list[int] = ()) -> None:
         """One host sync: is the update finite and was every coupled Gram block positive definite? If
-        not, name the family (and layer) whose frame broke, or the coupled families."""
+        not, name the family (and layer) whose frame broke, or the coupled families (``which[j]``: the
+        projector component whose factorisation ``infos[j]`` reports)."""
         # finite, and representable in the parameters' dtype (an fp64 work value above fp32's max is inf there)
         peak = extremes(theta).abs()
         ok = (torch.isfinite(peak) & (peak <= torch.finfo(plan["bound"][0].dtype).max)).all()
@@ -722,7 +723,9 @@ class DDCAdam(torch.optim.Optimizer):
                 member = plan["families"][b.members[k // b.units]]
                 raise GaugeError(member.family.gauge, member.name, f"degenerate orbit at unit {k % b.units} "
                                  "(zero-norm slices): the canonical frame is undefined there")
-        for comp, info in zip(self._path(plan)[2].components, infos):
+        components = self._path(plan)[2].components
+        for k, info in zip(which, infos):
+            comp = components[k]
             if int(info) != 0:
                 fams = self._path(plan)[1]
                 names = ", ".join(fams[f].name for f in (*comp.side_a, *comp.side_b))
