@@ -502,6 +502,9 @@ class DDCAdam(torch.optim.Optimizer):
                 plan["batches"] = (batching.plan(fams, [tuple(p.shape) for p in plan["bound"]])
                                    if self._batch_layers and plan["layout"].plain and plan["decays"] is None
                                    else plan["single"])
+            for kind in ("single", "batches", "kernel_families"):  # coefficient caches filled here, not in a
+                for b in (plan[kind][-2] if kind in plan else []):  # compiled step (a cache miss is a recompile)
+                    b.family.prime()
         if plan["path"] == "triton":
             return "triton", *plan["kernel_families"]
         # Under torch.compile, single families on separate work copies: Inductor handles in-place

@@ -351,6 +351,16 @@ class BoundFamily:
     def _head_rows(self, ts: list[Tensor]) -> Tensor:
         return torch.cat([ts[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)
 
+    def prime(self) -> None:
+        """Fill the :meth:`_coefficient` cache for every statistic of the generated ``coords`` (eagerly:
+        under ``torch.compile`` a cache filled during tracing is a guard that fails the next step)."""
+        for name in self.family.stats.get("coords", ()):
+            prefix, role = name.split("_", 1)
+            self._coefficient(prefix, role)
+        for s in self.family.slices:
+            for prefix in ("dot", "usum", "cross"):
+                self._coefficient(prefix, s.role)
+
     def _coefficient(self, prefix: str, role: str) -> float:
         """Coefficient of the statistic ``prefix_role`` in the generated (linear) ``coords``,
         read off by evaluating the generated function on Python floats (cached)."""
