@@ -382,10 +382,11 @@ class DDCAdam(torch.optim.Optimizer):
                     for moment in ("exp_avg", "exp_avg_sq"):
                         self.state[bound[0]].setdefault(f"vertical.{f}.{moment}",
                                                         torch.zeros(shape, dtype=sdtype, device=bound[0].device))
-            if plan["balance"] is not None:  # the joint balance's last log-scales, see _warm_start
+            if plan["balance"] is not None:  # the joint balance's last log-scales (NaN: none yet), see _warm_start
                 for f in plan["balance"].coupled:
-                    self.state[bound[0]].setdefault(f"balance.{f}", torch.zeros(
-                        plan["families"][f].units, dtype=self._work_dtype(bound[0].dtype), device=bound[0].device))
+                    self.state[bound[0]].setdefault(f"balance.{f}", torch.full(
+                        (plan["families"][f].units,), float("nan"), dtype=self._work_dtype(bound[0].dtype),
+                        device=bound[0].device))
         if bound:
             self._path(plan)  # decide the kernel path here, outside any compiled graph
         layout = []
@@ -820,10 +821,11 @@ def step_count(state: dict) -> float | Tensor:
 
 def _warm_start(st0: dict, batches: list[Batch], balance) -> dict[int, Tensor]:
     """Per batch of coupled scale families, the log-scales the joint balance found last step (state
-    ``balance.<family>``): Newton's starting point (:meth:`~.balance.JointBalance.solve`); empty on the
-    first step (the closed form is the start then; the solve fills it). Kept in the optimizer state so
-    that a resumed checkpoint steps bit for bit as the uninterrupted run."""
-    if not balance.coupled or step_count(st0) == 0:
+    ``balance.<family>``): Newton's starting point (:meth:`~.balance.JointBalance.solve`). NaN where there is
+    none (before the first step, or a checkpoint saved before this state existed): the per-unit closed form
+    is the start there, and the solve fills it in. Kept in the optimizer state so that a resumed checkpoint
+    steps bit for bit as the uninterrupted run."""
+    if not balance.coupled:
         return {}
     coupled = set(balance.coupled)
     first = st0[f"balance.{balance.coupled[0]}"]
