@@ -71,6 +71,8 @@ def _worker(rank: int, mode: str, which: str, port: int, path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
+        want = _train(*_model(which)) if rank == 0 else None  # the single-process run, before any collective
+        dist.barrier()
         model, binding, loss = _model(which)
         if mode == "ddp":
             got = _train(nn.parallel.DistributedDataParallel(model), binding, lambda m, t: loss(_Forward(m), t))
@@ -92,13 +94,12 @@ def _worker(rank: int, mode: str, which: str, port: int, path: str) -> None:
                 assert "bind the model before sharding it, then take binding.rebind(model)" in str(e), e
             got = _train(model, binding.rebind(model), loss)
         if rank == 0:
-            model, binding, loss = _model(which)
-            want = _train(model, binding, loss)
             torch.save(("ok", max(float((got[n] - want[n]).abs().max()) for n in want)), path)
     except Exception:
         if rank == 0:
             torch.save(("err", traceback.format_exc()), path)
-    finally:
+    finally:  # both ranks done with every collective before either tears the group down
+        dist.barrier()
         dist.destroy_process_group()
 
 
