@@ -209,3 +209,19 @@ def test_checkpoint_carries_the_warm_start():
     opt.step()
     oc.step()
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), mc.parameters()))
+
+
+def test_a_warm_start_of_another_binding_is_refused_by_name():
+    """A checkpoint whose balance state has another number of units (another binding) is refused at
+    ``load_state_dict`` naming the parameter and the key, not at the next step."""
+    from gaugemath import GaugeError
+
+    m, opt, _ = _trained_pair(seed=8)
+    saved = copy.deepcopy(opt.state_dict())
+    st = next(st for st in saved["state"].values() if any(k.startswith("balance.") for k in st))
+    key = next(k for k in st if k.startswith("balance."))
+    st[key] = torch.zeros(st[key].numel() + 1, dtype=st[key].dtype)
+    mc = copy.deepcopy(m)
+    oc = DDCAdam(mc.parameters(), binding=bind(mc, example=(torch.randn(5, 3, dtype=torch.float64),)), lr=1e-2)
+    with pytest.raises(GaugeError, match=f"state '{key}' has shape"):
+        oc.load_state_dict(saved)

@@ -165,14 +165,9 @@ def work_copies(layout: Layout, tensors: Sequence[Tensor], dtype: torch.dtype | 
     """Copies of per-parameter tensors (stored layout) in the work layout: transposed where the
     layout says, rows permuted by its permutation; contiguous, in ``dtype`` (default: as given)."""
     out = []
-    for t, tr, perm in zip(tensors, layout.transpose, layout.perms):
-        w = t.detach()
-        if not (tr or perm is not None):
-            out.append(w.to(dtype or w.dtype, copy=True))
-            continue
-        w = w.T if tr else w
-        w = w[torch.tensor(perm, device=w.device)] if perm is not None else w
-        out.append(w.to(dtype or w.dtype).contiguous())
+    for i, t in enumerate(tensors):
+        w = work_view(layout, i, t.detach())
+        out.append(w.to(dtype or w.dtype, copy=True).contiguous())
     return out
 
 

@@ -270,9 +270,17 @@ class DDCAdam(torch.optim.Optimizer):
             if missing:
                 raise GaugeError("checkpoint", type(self).__name__, f"this state_dict was not saved by "
                                  f"{type(self).__name__}: its param groups lack {missing}")
+        warm_units = {(id(plan["bound"][0]), f"balance.{f}"): plan["families"][f].units
+                      for plan in self._plans if plan["bound"] and plan["balance"] is not None
+                      for f in plan["balance"].coupled}
         for p, i in zip(params, saved_ids):
             st = state_dict.get("state", {}).get(i, {})
             who = self._name_of(p)
+            for key, value in st.items():
+                units = warm_units.get((id(p), key))
+                if units is not None and tuple(value.shape) != (units,):
+                    raise GaugeError("checkpoint", who, f"state '{key}' has shape {tuple(value.shape)}, expected "
+                                     f"({units},) (a checkpoint of another binding)")
             if "shape" in st and tuple(int(x) for x in st["shape"].tolist()) != tuple(p.shape):
                 raise GaugeError("checkpoint", who, f"the checkpoint's parameter has shape "
                                  f"{tuple(int(x) for x in st['shape'].tolist())}, the model's {tuple(p.shape)}")
