@@ -75,10 +75,12 @@ class JointBalance:
         return theta, logs, done
 
 
-def canonicalise(fams: list, theta: list, layout, balance: JointBalance | None = None, grad: list | None = None):
+def canonicalise(fams: list, theta: list, layout, balance: JointBalance | None = None, grad: list | None = None,
+                 pivots: dict | None = None):
     """Step 1 of ``ddc_adam``: ``θ ← h(θ)·θ`` (and ``g ← D(h)^{-T} g``) family by family in ``fams``' order, the
     two-sided scales jointly (``balance``), degenerate units given the identity. Returns
-    ``(θ, g, frames, masks, converged)``."""
+    ``(θ, g, frames, masks, converged)``. ``pivots``: per plane family (index into ``fams``) the anchor columns
+    held from last step (``-1``: none), replaced in the dict by this step's (``BoundFamily.pivot``)."""
     frames, masks = [], []
     joint, converged = None, jnp.asarray(True)
     for f, fam in enumerate(fams):
@@ -87,7 +89,10 @@ def canonicalise(fams: list, theta: list, layout, balance: JointBalance | None =
                 theta, joint, converged = balance.solve(theta, layout)
             h, mask = joint[f]
         else:
-            h = fam.frame(theta)
+            pivot = None
+            if pivots is not None and f in pivots:
+                pivot = pivots[f] = fam.pivot(theta, pivots[f])
+            h = fam.frame(theta, pivot=pivot)
             mask = fam.degenerate(theta, h)
             h = fam.identity_where(mask, h)
             theta = sync(layout, theta, fam.act(h, theta))

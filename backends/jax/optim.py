@@ -40,6 +40,7 @@ class DDCAdamState(NamedTuple):
     nu: Any
     vertical: tuple
     momentum: Any = ()  # ddc_muon: one momentum buffer per Muon leaf (tuple, in leaf order)
+    pivots: tuple = ()  # per plane family (in the optimizer's family order) its anchor columns, int32 (-1: none)
 
 
 def newton_schulz(g, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps: float = 1e-7,
@@ -172,7 +173,9 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             bound = set(idx)
             mom = tuple(jnp.zeros(leaves[i].shape, _muon["canonical_ns_dtype"] if i in bound else leaves[i].dtype)
                         for i, p in enumerate(paths) if p in _muon["paths"])
-        return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert, mom)
+        pivots = tuple(jnp.full((f.units,), -1, jnp.int32) for f in fams if f.kind == "plane")
+        return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert, mom,
+                            pivots)
 
     def update(grads, state, params=None):
         if params is None:
@@ -232,12 +235,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             u = m_hat / (jnp.sqrt(v_hat) + eps) + awd * p.astype(sd)
             new_m[i], new_v[i] = m, v
             updates[i] = (-alr * u).astype(p.dtype)
-        new_vert = state.vertical
+        held = state.pivots or tuple(jnp.full((fams[f].units,), -1, jnp.int32) for f in planes)  # (older states)
+        new_vert, new_pivots = state.vertical, held
         if idx:
             bufs = [state.momentum[muon_pos[i]] if i in muon_pos else None for i in idx]
-            steps, ms, vs, new_vert, bufs, converged = _ddc_step(
+            steps, ms, vs, new_vert, bufs, converged, new_pivots = _ddc_step(
                 [p_leaves[i] for i in idx], [g_leaves[i] for i in idx], [m_leaves[i] for i in idx],
-                [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd)
+                [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd, held)
             for i, buf in zip(idx, bufs):
                 if i in muon_pos:
                     new_mom[muon_pos[i]] = buf
@@ -263,11 +267,14 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_vert = jax.tree_util.tree_map(keep, new_vert, state.vertical)
         new_mom = tuple(keep(a, b) for a, b in zip(new_mom, state.momentum))
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
+        new_pivots = tuple(keep(a, b) for a, b in zip(new_pivots, held))
         new_state = DDCAdamState(jnp.where(finite, count, state.count), unflat(new_m), unflat(new_v), new_vert,
-                                 new_mom)
+                                 new_mom, new_pivots)
         return unflat(updates), new_state
 
-    def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd):
+    planes = [f for f, fam in enumerate(fams) if fam.kind == "plane"]
+
+    def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd, held):
         muon_lr = lr
         if _muon is not None:  # the step is −ref (u + λθ̃): ref = lr, or while lr = 0 (a warmup) adam_lr (or 1)
             lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
@@ -278,7 +285,11 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         grad = entries(lay, to_work(lay, grads, work))
         ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
         bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
-        theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad)
+        if len(held) != len(planes):
+            raise GaugeError("ddc", "<state>", f"the state holds {len(held)} plane pivots, the binding has "
+                             f"{len(planes)} RoPE plane families (a state of another binding or version)")
+        pivots = dict(zip(planes, held))
+        theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad, pivots)
         fact = projector.factor(theta, masks)
 
         def off(f, c):  # vertical coordinates of degenerate units: none
@@ -343,7 +354,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 step = sync(lay, step, fam.act(h, step, inverse=True))
         back = lambda xs: [x if x is None else from_work(lay, k, x) for k, x in enumerate(xs)]  # noqa: E731
         return (back(step[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
-                back(new_bufs), converged)
+                back(new_bufs), converged, tuple(pivots[f] for f in planes))
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
         if fam.kind == "head":

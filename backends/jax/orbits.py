@@ -17,6 +17,10 @@ from .._family import Family, Slice
 
 _ENTRY = re.compile(r"^(?P<role>.+)_r(?P<r>[01])_c(?P<c>\d+)$")
 
+#: Pivot hysteresis of the plane frame (the torch twin's ``PIVOT_HOLD``): the anchor column is kept while its
+#: plane norm² is at least ``1/PIVOT_HOLD`` of the largest.
+PIVOT_HOLD = 4.0
+
 
 def _reduce(t, axis: str):
     if axis == "rows":
@@ -74,7 +78,7 @@ class JaxFamily:
         return float(self.family.coords(**{n: float(n == key) for n in names})) if key in names else 0.0
 
     # ---------------------------------------------------------------- statistics
-    def _stats(self, names, theta, u=None) -> dict:
+    def _stats(self, names, theta, u=None, pivot=None) -> dict:
         out = {}
         for name in names:
             m = _ENTRY.match(name)
@@ -82,7 +86,10 @@ class JaxFamily:
                 r0, r1 = _pairs(theta[self.roles[m.group("role")][0]])
                 norms = r0 * r0 + r1 * r1
                 c = int(m.group("c"))
-                j = (jnp.argmax(norms, axis=1) if c == 0 else jnp.argsort(-norms, axis=1, stable=True)[:, c])[:, None]
+                if c == 0:
+                    j = (jnp.argmax(norms, axis=1) if pivot is None else pivot)[:, None]
+                else:
+                    j = jnp.argsort(-norms, axis=1, stable=True)[:, c][:, None]
                 out[name] = jnp.take_along_axis(r1 if m.group("r") == "1" else r0, j, axis=1)[:, 0]
                 continue
             prefix, role = name.split("_", 1)
@@ -113,10 +120,25 @@ class JaxFamily:
         return out
 
     # ---------------------------------------------------------------- frame and action
-    def frame(self, theta):
+    def frame(self, theta, pivot=None):
+        """``h(θ)``; a plane frame anchored in the columns ``pivot`` (default: the largest), see :meth:`pivot`."""
         if self.kind == "head":
             return self._head_frame(theta)
-        return self.family.frame(**self._stats(self.family.stats["frame"], theta))
+        return self.family.frame(**self._stats(self.family.stats["frame"], theta, pivot=pivot))
+
+    def pivot(self, theta, held=None):
+        """The plane frame's anchor column per plane, ``(planes,)`` int32: the largest plane norm, or ``held``
+        (``-1``: none) while its norm² is at least ``1/PIVOT_HOLD`` of the largest (the torch twin's
+        ``BoundFamily.pivot``: plane norms are rotation-invariant, so the frame stays equivariant)."""
+        r0, r1 = _pairs(theta[self.roles[self.family.slices[0].role][0]])
+        norms = r0 * r0 + r1 * r1
+        best = jnp.argmax(norms, axis=1).astype(jnp.int32)
+        if held is None:
+            return best
+        valid = (held >= 0) & (held < norms.shape[1])
+        kept = jnp.take_along_axis(norms, jnp.where(valid, held, best)[:, None], axis=1)[:, 0]
+        top = jnp.take_along_axis(norms, best[:, None], axis=1)[:, 0]
+        return jnp.where(valid & (kept > 0) & (PIVOT_HOLD * kept >= top), held, best).astype(jnp.int32)
 
     def degenerate(self, theta, h):
         """Units whose frame is undefined, decided by invariants (the torch ``BoundFamily.degenerate``)."""

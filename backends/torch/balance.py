@@ -164,7 +164,8 @@ class JointBalance:
 
 def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] | None = None,
                  balance: JointBalance | None = None, sync: bool = True,
-                 warm: dict[int, Tensor] | None = None) -> tuple[list, list[Tensor], list[Tensor]]:
+                 warm: dict[int, Tensor] | None = None,
+                 pivots: dict[int, Tensor] | None = None) -> tuple[list, list[Tensor], list[Tensor]]:
     """Step 1 of DDCAdam, in place: ``θ ← h(θ)·θ`` and ``g ← D(h)^{-T} g`` batch by batch, in the
     batches' order (``balance``: the two-sided scale families jointly, :class:`JointBalance`; every
     other family by its own generated frame). A unit whose frame is undefined
@@ -172,7 +173,8 @@ def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] |
 
     Returns per batch the frame ``h`` and the degenerate-unit mask, and the convergence flags of the
     joint solve (tensors, ``0``: converged; checked with the update). ``warm``: Newton's starting
-    points, see :meth:`JointBalance.solve`."""
+    points, see :meth:`JointBalance.solve`. ``pivots``: per plane batch the anchor columns held from last step
+    (``-1``: none), replaced in place of the dict by this step's (:meth:`~.orbits.BoundFamily.pivot`)."""
     frames, masks, infos = [], [], []
     joint: dict = {}
     members = set(balance.members) if balance else set()
@@ -186,8 +188,11 @@ def canonicalise(batches: list[Batch], theta: list[Tensor], grad: list[Tensor] |
             if grad is not None:
                 fam.act(h, grad, covector=True)
         else:
-            h = fam.frame(theta)
-            mask = fam.degenerate(theta, h)
+            pivot = None
+            if pivots is not None and i in pivots:
+                pivot = pivots[i] = fam.pivot(theta, pivots[i])
+            h = fam.frame(theta, pivot=pivot)
+            mask = fam.degenerate(theta, h, pivot=pivot)
             h = fam.identity_where(mask, h)
             if grad is not None:
                 fam.act_pair(h, theta, grad)  # (one fused launch on the kernel path)

@@ -145,9 +145,9 @@ class KernelFamily(BoundFamily):
         return outs
 
     # ---------------------------------------------------------------- generated formulas
-    def frame(self, theta: list[Tensor]):
+    def frame(self, theta: list[Tensor], pivot: Tensor | None = None):
         fn, names, outputs = self._k["frame"]
-        outs = self._run("frame", self._stats(names, theta), names, outputs)
+        outs = self._run("frame", self._stats(names, theta, pivot=pivot), names, outputs)
         return outs[0] if outputs == 1 else tuple(outs)
 
     def gram(self, theta: list[Tensor]) -> Tensor:

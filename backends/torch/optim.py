@@ -273,6 +273,8 @@ class DDCAdam(torch.optim.Optimizer):
         warm_units = {(id(plan["bound"][0]), f"balance.{f}"): plan["families"][f].units
                       for plan in self._plans if plan["bound"] and plan["balance"] is not None
                       for f in plan["balance"].coupled}
+        warm_units |= {(id(plan["bound"][0]), f"pivot.{f}"): fam.units for plan in self._plans if plan["bound"]
+                       for f, fam in enumerate(plan["families"]) if fam.kind == "plane"}
         for p, i in zip(params, saved_ids):
             st = state_dict.get("state", {}).get(i, {})
             who = self._name_of(p)
@@ -395,6 +397,10 @@ class DDCAdam(torch.optim.Optimizer):
                     self.state[bound[0]].setdefault(f"balance.{f}", torch.full(
                         (plan["families"][f].units,), float("nan"), dtype=self._work_dtype(bound[0].dtype),
                         device=bound[0].device))
+            for f, fam in enumerate(plan["families"]):  # the plane frames' anchor columns (-1: none yet)
+                if fam.kind == "plane":
+                    self.state[bound[0]].setdefault(f"pivot.{f}", torch.full((fam.units,), -1, dtype=torch.int64,
+                                                                             device=bound[0].device))
         if bound:
             self._path(plan)  # decide the kernel path here, outside any compiled graph
         layout = []
@@ -542,9 +548,12 @@ class DDCAdam(torch.optim.Optimizer):
         balance = plan["kernel_balance"] if path == "triton" else plan["balance"]
         # 1. canonical coordinates (θ̃, and g̃ by the covector rule)
         warm = None if _compiling() or balance is None else _warm_start(states[0], batches, balance)
-        frames, masks, balance_infos = canonicalise(batches, theta, grad, balance, sync=not _compiling(), warm=warm)
+        pivots = _held(states[0], batches, "pivot", "plane")
+        frames, masks, balance_infos = canonicalise(batches, theta, grad, balance, sync=not _compiling(), warm=warm,
+                                                    pivots=pivots)
         if warm is not None:  # the joint balance's log-scales: the next step's start (state: resumes bit for bit)
             _keep_warm(states[0], batches, warm)
+        _keep_warm(states[0], batches, pivots, "pivot")  # the plane frames' anchor columns (hysteresis)
         grams, c_theta = zip(*[b.family.gram_and_self_coords(theta) for b in batches])  # 2. split
         grams = [torch.where(b.family.unit_mask(m, g), _unit_gram(g), g) for b, m, g in zip(batches, masks, grams)]
         c_theta = [_off(b, m, c) for b, m, c in zip(batches, masks, c_theta)]
@@ -842,11 +851,19 @@ def _warm_start(st0: dict, batches: list[Batch], balance) -> dict[int, Tensor]:
             for i, b in enumerate(batches) if any(f in coupled for f in b.members)}
 
 
-def _keep_warm(st0: dict, batches: list[Batch], warm: dict[int, Tensor]) -> None:
-    """Write the balance's new log-scales (``warm``, updated by the solve) back into the state, in place."""
+def _held(st0: dict, batches: list[Batch], prefix: str, kind: str) -> dict[int, Tensor]:
+    """Per batch of ``kind`` families, their state ``<prefix>.<family>`` joined along the units (e.g. the
+    plane frames' anchor columns held from last step, :meth:`~.orbits.BoundFamily.pivot`)."""
+    return {i: b.join([st0[f"{prefix}.{f}"] for f in b.members]) for i, b in enumerate(batches)
+            if b.family.kind == kind and all(f"{prefix}.{f}" in st0 for f in b.members)}
+
+
+def _keep_warm(st0: dict, batches: list[Batch], warm: dict[int, Tensor], prefix: str = "balance") -> None:
+    """Write per-unit values carried to the next step (``warm``: the balance's new log-scales, or the planes'
+    anchor columns) back into the state ``<prefix>.<family>``, in place."""
     for i, logs in warm.items():
         for f, part in zip(batches[i].members, batches[i].split(logs)):
-            key = f"balance.{f}"
+            key = f"{prefix}.{f}"
             if key in st0:
                 st0[key].copy_(part)
 

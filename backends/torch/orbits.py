@@ -23,6 +23,10 @@ from .._family import Family, Slice
 
 _ENTRY = re.compile(r"^(?P<role>.+)_r(?P<r>[01])_c(?P<c>\d+)$")
 
+#: Pivot hysteresis of the plane frame: the anchor column is kept while its plane norm² is at least
+#: ``1/PIVOT_HOLD`` of the largest (a factor 2 in norm), see :meth:`BoundFamily.pivot`.
+PIVOT_HOLD = 4.0
+
 
 def _reduce(t: Tensor, axis: str) -> Tensor:
     """Per-unit sum over the slice: ``(units,)``. A 3-D ``cols`` tensor is a layer stack
@@ -85,14 +89,15 @@ class BoundFamily:
         return [(s, i) for s in self.family.slices for i in self.roles.get(s.role, [])]
 
     # ---------------------------------------------------------------- statistics
-    def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """The generated formulas' named per-unit statistics ``(units,)``: plane-frame entries,
-        ``n_R`` (entries per unit over all tensors of role ``R``), ``mean_R = sum_R / n_R`` and the
-        sums of :meth:`_role_sum`."""
+    def _stats(self, names: list[str], theta: list[Tensor], u: list[Tensor] | None = None,
+               pivot: Tensor | None = None) -> dict[str, Tensor]:
+        """The generated formulas' named per-unit statistics ``(units,)``: plane-frame entries (in the
+        anchor columns ``pivot``, see :meth:`pivot`), ``n_R`` (entries per unit over all tensors of role
+        ``R``), ``mean_R = sum_R / n_R`` and the sums of :meth:`_role_sum`."""
         out: dict[str, Tensor] = {}
         cache: dict = {}
         for name in names:
-            entry = self._entry(name, theta)
+            entry = self._entry(name, theta, pivot)
             if entry is not None:
                 out[name] = entry
                 continue
@@ -134,39 +139,67 @@ class BoundFamily:
             total = v if total is None else total + v
         return total
 
-    def _entry(self, name: str, theta: list[Tensor]) -> Tensor | None:
+    def _entry(self, name: str, theta: list[Tensor], pivot: Tensor | None = None) -> Tensor | None:
         """The plane-frame statistic ``R_r{0,1}_c{J}`` (see :meth:`_anchor_entries`); ``None`` for a sum."""
         m = _ENTRY.match(name)
         if not (m and m.group("role") in self.roles):
             return None
-        return self._anchor_entries(theta[self.roles[m.group("role")][0]], int(m.group("c")))[int(m.group("r"))]
+        t = theta[self.roles[m.group("role")][0]]
+        return self._anchor_entries(t, int(m.group("c")), pivot)[int(m.group("r"))]
+
+    def _plane_norms(self, theta: list[Tensor]) -> Tensor:
+        """``‖(t[2k, j], t[2k+1, j])‖²`` per plane ``k`` and column ``j`` of the anchor tensor, ``(planes, cols)``:
+        unchanged by the plane's rotations."""
+        r0, r1 = _pairs(theta[self.roles[self.family.slices[0].role][0]])
+        return r0 * r0 + r1 * r1
+
+    def pivot(self, theta: list[Tensor], held: Tensor | None = None) -> Tensor:
+        """The anchor column ``j_k`` of each plane, ``(planes,)`` int64: the column of largest plane norm,
+        or, with hysteresis, ``held`` (last step's, ``-1``: none) while its norm² is at least
+        ``1/PIVOT_HOLD`` of the largest.
+
+        Plane norms are rotation-invariant, so ``j`` is a function of the orbit's history of invariants:
+        runs A and B of the protocol hold and switch on the same steps and the frame stays equivariant
+        (any column gives a proved frame, see :meth:`_anchor_entries`). Without hysteresis the argmax
+        switches between near-equal columns on most steps, and every switch moves the canonical
+        coordinates (and the moments kept in them) by the angle between the two columns."""
+        norms = self._plane_norms(theta)
+        best = norms.argmax(1)
+        if held is None:
+            return best
+        valid = (held >= 0) & (held < norms.shape[1])
+        kept = torch.gather(norms, 1, torch.where(valid, held, best)[:, None])[:, 0]
+        top = torch.gather(norms, 1, best[:, None])[:, 0]
+        return torch.where(valid & (kept > 0) & (PIVOT_HOLD * kept >= top), held, best)
 
     @staticmethod
-    def _anchor_entries(t: Tensor, c: int) -> tuple[Tensor, Tensor]:
+    def _anchor_entries(t: Tensor, c: int, pivot: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Entries ``(t[2k, j_k], t[2k+1, j_k])`` of the plane's anchor column ``j_k``.
 
         The derived plane frame reads column ``c = 0`` of the plane rows; any column works (the
         proof is the same with the columns relabelled), and the column of largest plane norm is a
         rotation-invariant choice that keeps the angle well conditioned. ``c`` counts columns in
-        that order (``0``: the largest).
+        that order (``0``: the largest, or ``pivot``: the columns :meth:`pivot` chose).
         """
         r0, r1 = _pairs(t)
-        norms = r0 * r0 + r1 * r1
-        if c == 0:
-            j = norms.argmax(1, keepdim=True)
+        if c == 0 and pivot is not None:
+            j = pivot[:, None]
+        elif c == 0:
+            j = (r0 * r0 + r1 * r1).argmax(1, keepdim=True)
         else:
-            j = torch.argsort(norms, dim=1, descending=True, stable=True)[:, c : c + 1]
+            j = torch.argsort(r0 * r0 + r1 * r1, dim=1, descending=True, stable=True)[:, c : c + 1]
         return torch.gather(r0, 1, j)[:, 0], torch.gather(r1, 1, j)[:, 0]
 
     # ---------------------------------------------------------------- frame and action
-    def frame(self, theta: list[Tensor]):
-        """``h(θ)``: per-unit scale ``α``, translation ``v``, plane ``(c, s)`` or head matrices."""
+    def frame(self, theta: list[Tensor], pivot: Tensor | None = None):
+        """``h(θ)``: per-unit scale ``α``, translation ``v``, plane ``(c, s)`` (anchored in the columns
+        ``pivot``, default: the largest) or head matrices."""
         if self.kind == "head":
             return self._head_frame(theta)
         f = self.family.frame
-        return f(**self._stats(self.family.stats["frame"], theta))
+        return f(**self._stats(self.family.stats["frame"], theta, pivot=pivot))
 
-    def degenerate(self, theta: list[Tensor], h) -> Tensor:
+    def degenerate(self, theta: list[Tensor], h, pivot: Tensor | None = None) -> Tensor:
         """Units whose canonical frame is undefined at ``θ``, ``(units,)`` bool, decided by quantities
         the group leaves unchanged: a scale unit whose slices on one side are all zero (``Σ`` over the
         roles of exponent ``+1`` or of ``−1``: zero at ``θ`` iff zero at ``g·θ``), a RoPE plane whose
@@ -182,7 +215,7 @@ class BoundFamily:
             floor = (th.shape[-1] + self.d_head) * torch.finfo(th.dtype).eps * lam[:, -1]
             return (lam[:, 0] <= floor) | ~torch.isfinite(h).reshape(self.units, -1).all(1)
         if self.kind == "plane":
-            a0, a1 = self._anchor_entries(theta[self.roles[self.family.slices[0].role][0]], 0)
+            a0, a1 = self._anchor_entries(theta[self.roles[self.family.slices[0].role][0]], 0, pivot)
             c, sn = h
             return ((a0 == 0) & (a1 == 0)) | ~torch.isfinite(c) | ~torch.isfinite(sn)
         bad = ~torch.isfinite(h) | (h == 0)
