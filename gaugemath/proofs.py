@@ -310,8 +310,14 @@ _TRANSLATIONS, _ROTATIONS = ("ce_shift",), ("head_rotation",)
 
 
 def _balanced_parts(gauge: ComposedGauge):
-    """``(translation, scale, rotation)`` factor indices of a composition."""
-    kinds = [("T" if f.name in _TRANSLATIONS else "R" if f.name in _ROTATIONS else "S") for f in gauge.factors]
+    """``(translation, scale, rotation)`` factor indices of a composition (catalogue factors by name; discovered
+    ones, ``<layer>.shiftN`` / ``.rotateN`` / ``.scaleN``, by their kind)."""
+    def kind(f) -> str:
+        stem = f.name.rsplit(".", 1)[-1].rstrip("0123456789")
+        return "T" if f.name in _TRANSLATIONS or stem == "shift" else "R" if f.name in _ROTATIONS or stem == "rotate" \
+            else "S"
+
+    kinds = [kind(f) for f in gauge.factors]
     return ([i for i, k in enumerate(kinds) if k == w] for w in "TSR")
 
 

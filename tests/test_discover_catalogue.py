@@ -61,8 +61,42 @@ def test_cli_discover_layer_file(tmp_path, capsys):
     assert rc == 0
     assert "dim = 4" in text and "complete" in text and "Q[scale0[0]]" in text
     assert "Status: **PROVED**" in cert.read_text()
-    assert "def _reglu__scale1__frame" in (out / "reglu_torch.py").read_text()
+    # ReGLU's gate and up rescales both scale W_down[:, k]: the backends apply one, the other is reported
+    assert "W_up[k, :]·α, W_down[:, k]·α^-1: not bound: overlaps" in text
+    code = (out / "reglu_torch.py").read_text()
+    assert "def _reglu__scale0__frame" in code and "scale1" not in code
     assert "jnp" in (out / "reglu_jax.py").read_text()
+
+
+def test_cli_discover_torch_module_writes_importable_checked_backends(tmp_path, capsys):
+    """``--torch file.py:factory``: a plain nn.Module discovered at its WIDTHS; the backend files import from any
+    directory (absolute runtime import) and ``--check`` passes on them and fails once one is edited; the
+    certificate states the declared assumptions and how it is re-derived."""
+    import importlib.util
+
+    source = "examples/modules/scaled_mlp.py:ScaledMLP"
+    args = ["discover", "--torch", source, "--loss", "cross_entropy"]
+    cert, out = tmp_path / "cert.md", tmp_path / "code"
+    assert main(args + ["--certificate", str(cert), "--backend-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dim = 3*h + 1 (fits every instance)" in text
+    assert "scale: s[k, :]·α, fc2_weight[:, k]·α^-1: not bound: overlaps" in text
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == ["ScaledMLP_jax.py", "ScaledMLP_torch.py"]
+    for p in written:
+        spec = importlib.util.spec_from_file_location(f"discovered_{p.stem}", p)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert sorted(module.FAMILIES) == ["ScaledMLP.scale0", "ScaledMLP.shift0.fc2_weight",
+                                           "ScaledMLP.shift1.fc2_bias"]
+        assert f"gaugemath discover --torch {source} --loss cross_entropy --backend-dir DIR --check" in p.read_text()
+    assert main(args + ["--backend-dir", str(out), "--check"]) == 0
+    (out / "ScaledMLP_torch.py").write_text(written[1].read_text() + "# edited\n")
+    assert main(args + ["--backend-dir", str(out), "--check"]) == 1
+    body = cert.read_text()
+    assert "Status: **PROVED**" in body and "## Declared assumptions" in body
+    assert f"re-derived by `gaugemath discover --torch {source} --loss cross_entropy`" in body
+    assert "gaugemath prove --check" not in body
 
 
 def test_cli_discover_catalogue_and_errors(tmp_path, capsys):

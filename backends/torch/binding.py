@@ -340,7 +340,7 @@ def _loss(model: nn.Module, loss):
 
 def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=None,
          loss: str | Callable | None = None, check: bool = True, seed: int = 0,
-         frames: str = "balanced") -> Binding:
+         frames: str = "balanced", discovered=None) -> Binding:
     """Bind ``model``'s parameters to the gauges of its computation.
 
     Args:
@@ -359,6 +359,10 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
             scaling charges balance), translations before and rotations after; ``"per_family"``: each
             family's own generated frame in binding order (anchors where two families share a matrix,
             ``‖W_out[:, k]‖ = 1``, ``|γ_i| = 1``), the frames of gaugemath ≤ 0.3.
+        discovered: a :class:`gaugemath.discovery.LieAlgebra` discovered from this model's module at small
+            widths (``gaugemath.discover(factory, widths=..., example=...)``): its families are bound onto the
+            parameters they were traced from, at this model's widths, and checked on this model like any
+            other binding (a family that fails raises, naming it). ``specs`` must then be ``None``.
 
     A family the graph does not support, whose composition is not proved, or that fails the check
     is not bound; ``Binding.refusals`` (and ``print(binding)``) say why. Explicit specs that fail
@@ -378,6 +382,8 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
         raise GaugeError("bind", sharded, "is a DTensor (torch.distributed.fsdp.fully_shard or tensor parallel): "
                          "bind the model before sharding it, then take binding.rebind(model) for the optimizer")
     loss = _loss(inner, loss)
+    if discovered is not None:
+        return _bind_discovered(inner, prefix, discovered, specs, example, loss, check, seed, frames)
     refusals: list[Refusal] = []
     args, kwargs = (), {}
     if specs is None or check:
@@ -423,6 +429,36 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
     if check and binding.families:
         binding = check_binding(inner, binding, chosen, args, kwargs, target_of(loss), seed, strict=specs is not None,
                                 prefix=prefix)
+    return binding
+
+
+def _bind_discovered(inner: nn.Module, prefix: str, alg, specs, example, loss, check: bool, seed: int,
+                     frames: str) -> Binding:
+    """:func:`bind` with ``discovered=``: the algebra's backend families on the parameters it was traced from."""
+    from gaugemath.discovery.backend import bindable, support, torch_binding
+
+    from .check import check_binding
+
+    names = dict(getattr(alg.layer, "parameters", {}) or {})
+    if specs is not None:
+        raise GaugeError("bind", type(inner).__name__, "pass either specs or discovered=, not both")
+    if not names:
+        raise GaugeError("bind", alg.layer.name, "this algebra was not traced from an nn.Module (its blocks name no "
+                         "parameters): bind it with gaugemath.discovery.backend.torch_binding(alg, model, names)")
+    refused = [Refusal("discovered", s.family, s.reason) for s in support(alg) if not s.backend]
+    binding = torch_binding(bindable(alg), inner, names)
+    binding.refusals = refused
+    binding.params = [(prefix + n, p) for n, p in binding.params]
+    binding.model_numel = sum(p.numel() for p in inner.parameters())
+    binding.frames = frames
+    if frames != "balanced":
+        check_balance_frames(binding.families)
+    if check:
+        if example is None and not hasattr(inner, "example_inputs"):
+            raise GaugeError("bind", type(inner).__name__, "a discovered gauge is checked on the model: pass "
+                             "example=(inputs) (and loss=...), or check=False to bind it unchecked")
+        args, kwargs = _example(inner, example)
+        binding = check_binding(inner, binding, [], args, kwargs, target_of(loss), seed, strict=True, prefix=prefix)
     return binding
 
 

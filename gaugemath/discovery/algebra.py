@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -112,9 +112,12 @@ class LieAlgebra:
             if not any(vec):
                 out[(a, b)] = tuple(sp.S.Zero for _ in range(self.dim))
                 continue
-            sol, free = basis.gauss_jordan_solve(vec)
-            sol = sol.subs({p: 0 for p in free})
-            if basis * sol != vec:
+            try:
+                sol, free = basis.gauss_jordan_solve(vec)
+                sol = sol.subs({p: 0 for p in free})
+            except ValueError:  # no solution: the bracket is outside the span
+                sol = None
+            if sol is None or basis * sol != vec:
                 raise GaugeError(self.layer.name, None, f"[{self.labels[a]}, {self.labels[b]}] leaves the span of the "
                                  "proved generators: the algebra is not closed (a generator is missing)")
             out[(a, b)] = tuple(sol)
@@ -201,6 +204,11 @@ class LieAlgebra:
             out.append(f"{len(self.rejected)} numeric candidate(s) failed the exact proof and were dropped.")
         out += ["## Families", ""]
         out += [f"- {f.describe()} ({len(f.members)} generator(s))" for f in self.families] or ["- none"]
+        if self.families:
+            from .backend import support
+
+            out += ["", "## Backends (DDCAdam / DDCMuon, torch and JAX)", ""]
+            out += [f"- {s}" for s in support(self)]
         out += ["", "## Generators X_a(θ) (proved: ⟨∇f, X_a⟩ = 0 exactly)", ""]
         for lab, gen in zip(self.labels, self.generators):
             parts = "; ".join(f"{b} ↦ {sstr(m.tolist())}" for b, m in gen.items())
@@ -239,14 +247,21 @@ def discover_instance(lay: Layer, seed: int = 0) -> LieAlgebra:
     return alg
 
 
-def discover(layer: Layer | Callable[..., Layer], widths: Sequence[Mapping[str, int]] | None = None,
-             seed: int = 0) -> LieAlgebra:
+def discover(layer, widths: Sequence[Mapping[str, int]] | None = None, seed: int = 0, *, example=None,
+             loss=None) -> LieAlgebra:
     """Discover the gauges of ``layer``.
 
     ``layer`` is a :class:`Layer` (one instance) or a builder ``layer(**width) -> Layer``; with a
     builder, ``widths`` lists the instances (default: the builder's defaults only). Each instance is
     searched and proved; the algebra of the first is returned, with ``instances`` (all of them)
     and ``general`` (the families and a dimension formula common to all widths).
+
+    ``layer`` may also be an ``nn.Module`` at small widths, or a factory ``factory(**width) -> nn.Module``:
+    each instance is traced with the binder's graph and translated into a :class:`Layer`
+    (:func:`~gaugemath.discovery.from_torch.module_layer`; ``example``: its inputs, or a function of the
+    module returning them, default ``module.example_inputs()``; ``loss`` as in ``bind()``). Its blocks
+    name the module's parameters, so ``bind(model, discovered=algebra)`` binds the families on a model of
+    any width.
 
     >>> import sympy as sp
     >>> from gaugemath.discovery import layer, relu
@@ -257,14 +272,20 @@ def discover(layer: Layer | Callable[..., Layer], widths: Sequence[Mapping[str, 
     """
     if isinstance(layer, Layer):
         return discover_instance(layer, seed)
+    if _is_module(layer):
+        return discover_instance(_traced(layer, example, loss, {}), seed)
     if not callable(layer):
-        raise GaugeError("discover", None, f"expected a Layer or a builder of Layers, got {type(layer).__name__}")
+        raise GaugeError("discover", None, f"expected a Layer, an nn.Module or a builder of either, got "
+                         f"{type(layer).__name__}")
     widths = [dict(w) for w in (widths or [{}])]
     instances = []
     for w in widths:
         lay = layer(**w)
+        if _is_module(lay):
+            lay = _traced(lay, example, loss, w)
         if not isinstance(lay, Layer):
-            raise GaugeError("discover", None, f"the builder returned {type(lay).__name__}, not a Layer")
+            raise GaugeError("discover", None, f"the builder returned {type(lay).__name__}, not a Layer or an "
+                             "nn.Module")
         instances.append(discover_instance(lay, seed))
     first = instances[0]
     first.instances = instances
@@ -272,3 +293,16 @@ def discover(layer: Layer | Callable[..., Layer], widths: Sequence[Mapping[str, 
         sizes = [{**a.layer.widths, **w} for a, w in zip(instances, widths)]
         first.general = general_form(sizes, [a.families for a in instances], [a.dim for a in instances])
     return first
+
+
+def _is_module(x) -> bool:
+    import sys
+
+    nn = sys.modules.get("torch.nn")
+    return nn is not None and isinstance(x, nn.Module)
+
+
+def _traced(module, example, loss, widths: Mapping[str, int]) -> Layer:
+    from .from_torch import module_layer
+
+    return module_layer(module, example(module) if callable(example) else example, loss=loss, widths=widths)

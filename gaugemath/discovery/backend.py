@@ -16,6 +16,7 @@ charges are still available on the algebra).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import sympy as sp
 
@@ -25,7 +26,83 @@ from ..gauge import ComposedGauge, Gauge
 from .algebra import LieAlgebra
 
 _KIND = {"scale": "scale", "shift": "translate", "rotate": "plane"}
-_IMPORT = "from .._family import Family, Slice"
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether the backends (DDCAdam, DDCMuon in torch and JAX) can apply a discovered family, and why not."""
+
+    family: str
+    backend: bool
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.family}: " + ("bound by the backends" if self.backend else f"not bound: {self.reason}")
+
+
+class _Shape:
+    """A stand-in for a bound family, built from a discovered family's signature: what
+    :class:`gaugemath.backends._coupling.Coupling` reads (kind, slices by block, units)."""
+
+    def __init__(self, index: int, fam, blocks: list[str]):
+        self.kind = _KIND[fam.kind]
+        self.name = fam.describe()
+        self.units = len(fam.members)
+        self.family = type("F", (), {"gauge": f"discovered family {index}"})()
+        self._members = [(type("S", (), {"axis": "rows" if axis == "planes" else axis, "role": block})(),
+                          blocks.index(block)) for block, _, axis, _ in fam.signature]
+
+    def members(self):
+        return self._members
+
+
+def support(alg: LieAlgebra) -> list[Support]:
+    """Per family of ``alg`` (in order), whether the backends apply it.
+
+    Refused, with what is missing: mixing algebras (``gl``/``so`` actions with no per-unit form: no canonical
+    frame); scale exponents other than ±1 (the ``relu2`` rescale ``(αr, c/α²)``: the backends apply ``e^{±a}``
+    only); a family that overlaps an earlier supported one in a way the joint projector does not solve (two
+    scalings of one slice, e.g. ReGLU's gate and up against ``W_down[:, k]``, or a per-unit output scale
+    against the unit rescale): :class:`gaugemath.backends._coupling.Coupling` decides this exactly as it does
+    for a binding, families taken in order."""
+    from gaugemath.backends._coupling import Coupling
+
+    blocks = list(alg.layer.params)
+    out: list[Support] = []
+    kept: list[_Shape] = []
+    for i, fam in enumerate(alg.families):
+        what = fam.describe()
+        if fam.kind == "mix":
+            out.append(Support(what, False, "no per-unit form, so no canonical frame (a mixing algebra, e.g. gl(h) "
+                               "of a linear chain or GL(d_head) of value-output): proofs and charges only"))
+            continue
+        powers = sorted({c for _, kind, _, c in fam.signature if kind == "scale"} - {1, -1})
+        if powers:
+            out.append(Support(what, False, f"scale exponent(s) {[str(p) for p in powers]}: the backends apply a "
+                               "per-unit scale with exponent ±1 only"))
+            continue
+        trial = kept + [_Shape(i, fam, blocks)]
+        try:
+            Coupling(trial, blocks, balanced=True)
+        except GaugeError as e:
+            out.append(Support(what, False, "overlaps a supported family in a way the joint projector does not "
+                               f"solve ({e.reason})"))
+            continue
+        kept = trial
+        out.append(Support(what, True))
+    return out
+
+
+def bindable(alg: LieAlgebra) -> LieAlgebra:
+    """The sub-algebra of the families :func:`support` accepts (what ``bind(model, discovered=alg)`` binds)."""
+    ok = [g for f, s in zip(alg.families, support(alg)) if s.backend for g in f.members]
+    if not ok:
+        raise GaugeError(alg.layer.name, None, "no discovered family can be applied by the backends: "
+                         + "; ".join(str(s) for s in support(alg)))
+    sub = alg.subalgebra(sorted(ok))
+    sub.instances = [inst.subalgebra(sorted(g for f, s in zip(inst.families, support(inst)) if s.backend
+                                            for g in f.members)) for inst in (alg.instances or [alg])]
+    return sub
 
 
 def _factors(alg: LieAlgebra) -> list[Gauge]:
@@ -69,9 +146,12 @@ def family_specs(alg: LieAlgebra) -> list[codegen.FamilySpec]:
     return first
 
 
-def render(alg: LieAlgebra, library: str = "torch") -> str:
-    """The generated backend module for ``library`` (``"torch"`` or ``"jax"``), deterministic text."""
-    return codegen.render(family_specs(alg), library)
+def render(alg: LieAlgebra, library: str = "torch", source: str | None = None) -> str:
+    """The generated backend module for ``library`` (``"torch"`` or ``"jax"``), deterministic text, of the
+    families the backends apply (:func:`bindable`). ``source``: what ``gaugemath discover`` was given (named in
+    the module's docstring, with the command that checks it). The module imports the runtime absolutely, so it
+    imports from any directory: ``FAMILIES`` is its ``{key: Family}``."""
+    return codegen.render(family_specs(bindable(alg)), library, discovered=source or alg.layer.name)
 
 
 def load_families(alg: LieAlgebra, library: str = "torch") -> dict:
@@ -81,12 +161,9 @@ def load_families(alg: LieAlgebra, library: str = "torch") -> dict:
     cache = alg.__dict__.setdefault("_backend_families", {})
     if library in cache:
         return dict(cache[library])
-    text = render(alg, library)
-    if _IMPORT not in text:  # pragma: no cover - guards against a change of the codegen template
-        raise GaugeError(alg.layer.name, None, "codegen template changed: cannot load the generated families")
+    text = codegen.render(family_specs(alg), library, discovered=alg.layer.name)
     namespace: dict = {}
-    exec(compile(text.replace(_IMPORT, "from gaugemath.backends._family import Family, Slice"),
-                 f"<discovered {alg.layer.name} ({library})>", "exec"), namespace)
+    exec(compile(text, f"<discovered {alg.layer.name} ({library})>", "exec"), namespace)
     cache[library] = dict(namespace["FAMILIES"])
     return dict(cache[library])
 

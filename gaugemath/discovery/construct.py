@@ -123,13 +123,14 @@ def _rotate_gauge(lay: Layer, fam: Family, gens, name: str) -> Gauge:
     blocks = _touched(lay, [gens[g] for g in fam.members])
     pos = {s: i for i, s in enumerate(lay.coordinates)}
     idx = [pos[s] for m in blocks.values() for s in m]
-    mats = [gens[g][0].extract(idx, idx) for g in fam.members]
-    projs = [-(a * a) for a in mats]
-    pairs = []
-    for a in mats:
+    mats, pairs = [], []
+    for g in fam.members:  # each generator oriented so that it turns the plane's first row into its second:
+        a = gens[g][0].extract(idx, idx)  # then the action is left multiplication [[c, -s], [s, c]]·rows
         i = next(i for i in range(a.rows) if any(a[:, i]))
         j = next(j for j in range(a.rows) if a[j, i] != 0)
-        pairs.append((i, j) if a[j, i] == 1 else (j, i))
+        mats.append(a if a[j, i] == 1 else -a)  # (a generator's sign is a choice of basis: same group)
+        pairs.append((i, j))
+    projs = [-(a * a) for a in mats]
 
     def action(g, p):
         flat = sp.Matrix([x for b in blocks for x in p[b]])

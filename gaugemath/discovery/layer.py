@@ -46,6 +46,7 @@ class Layer:
     description: str = ""
     assumptions: tuple[str, ...] = ()
     widths: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # block -> the nn.Module parameter it was traced from
 
     @property
     def coordinates(self) -> list[sp.Symbol]:

@@ -163,6 +163,15 @@ def null_space(lay: Layer, seed: int = 0, oversample: float = 1.5) -> NullSpace:
     points = int(np.ceil(oversample * unknowns / len(lay.outputs))) + 8
     rng = np.random.default_rng(seed)
     s = sample_gradients(lay, points, rng)
+    # Outputs may be dependent (two-class log-softmax: both are functions of z0 − z1): a point then gives
+    # fewer independent equations than outputs. Size the sample by the gradients' rank per point instead.
+    per_point = max(int(np.linalg.matrix_rank(s.grads[i], tol=1e-9 * max(np.abs(s.grads[i]).max(), 1e-300)))
+                    for i in range(min(8, points)))
+    need = int(np.ceil(oversample * unknowns / max(per_point, 1))) + 8
+    if need > points:
+        more = sample_gradients(lay, need - points, rng)
+        s = type(s)(np.concatenate([s.theta, more.theta]), np.concatenate([s.grads, more.grads]),
+                    s.dropped + more.dropped)
     rows = equations(s.theta, s.grads)
     _, sv, vt = np.linalg.svd(rows, full_matrices=rows.shape[0] < unknowns)
     sv = np.concatenate([sv, np.zeros(unknowns - len(sv))]) if len(sv) < unknowns else sv

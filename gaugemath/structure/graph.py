@@ -23,7 +23,9 @@ class Node:
 
     ``kind``: ``"param"`` (``name`` is the parameter's name), ``"input"``, ``"op"``; ``op``: the
     operation's neutral name for ``kind == "op"``; ``shape``: the value's shape (``None`` for a
-    non-tensor value); ``users``: the operations reading this value, in execution order.
+    non-tensor value); ``users``: the operations reading this value, in execution order. For an
+    input, ``value`` is the frontend's array it was traced with (where the frontend keeps it) and
+    ``constant`` says it is not a model input but a tensor the computation reads (a buffer).
     """
 
     index: int
@@ -34,6 +36,8 @@ class Node:
     shape: tuple[int, ...] | None = None
     name: str = ""
     users: list[Node] = field(default_factory=list)
+    value: Any = None
+    constant: bool = False
 
     def inputs(self) -> list[Node]:
         """The nodes among ``args`` and ``kwargs`` (nested lists and tuples included)."""

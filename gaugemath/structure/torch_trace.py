@@ -64,6 +64,7 @@ def trace(model: nn.Module, args: Sequence, kwargs: Mapping | None, target: Call
         return a
 
     outputs: list[Node] = []
+    example = torch.utils._pytree.tree_leaves(list(args))  # the inputs' values, as the placeholders take them
     for fx in gm.graph.nodes:
         val = fx.meta.get("val")
         shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
@@ -72,9 +73,11 @@ def trace(model: nn.Module, args: Sequence, kwargs: Mapping | None, target: Call
                 node = Node(len(nodes), "param", shape=shape, name=names[placeholders])
             else:
                 node = Node(len(nodes), "input", shape=shape, name=fx.name)
+                k = placeholders - len(names)
+                node.value = example[k] if k < len(example) else None
             placeholders += 1
-        elif fx.op == "get_attr":
-            node = Node(len(nodes), "input", shape=shape, name=fx.name)
+        elif fx.op == "get_attr":  # a tensor the forward pass reads that is not a parameter (buffer, constant)
+            node = Node(len(nodes), "input", shape=shape, name=fx.name, value=getattr(gm, fx.target), constant=True)
         elif fx.op == "call_function":
             node = Node(len(nodes), "op", op=_op_name(fx.target), args=conv(fx.args), kwargs=conv(dict(fx.kwargs)),
                         shape=shape)
