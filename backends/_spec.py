@@ -162,8 +162,8 @@ def entry_shape(layout: Layout, shapes: list[tuple[int, ...]], entry: int) -> tu
 
 def resolve(specs: Sequence[GaugeSpec], shapes: dict[str, tuple[int, ...]], families: dict,
             what: str = "parameter") -> tuple[list[str], list[Resolved], Layout]:
-    """Parameter names in binding order, the resolved family bindings (sorted by :data:`ORDER`;
-    roles index the entries of the layout) and the :class:`Layout`."""
+    """Parameter names in binding order, the resolved family bindings (sorted by :data:`ORDER`, families
+    outside it last in the given order; roles index the entries of the layout) and the :class:`Layout`."""
     keyed = []
     for spec in specs:
         keys = [k for k in families if k == spec.family or k.startswith(spec.family + ".")]
@@ -173,7 +173,8 @@ def resolve(specs: Sequence[GaugeSpec], shapes: dict[str, tuple[int, ...]], fami
             raise GaugeError(spec.family, None, f"unknown gauge family; choose from {sorted(families)}")
         for key in keys:
             keyed.append((spec, key))
-    keyed.sort(key=lambda sk: ORDER.index(families[sk[1]].gauge))
+    # catalogue families in ORDER; others (discovered ones) after them, in the order given (their proved order)
+    keyed.sort(key=lambda sk: ORDER.index(families[sk[1]].gauge) if families[sk[1]].gauge in ORDER else len(ORDER))
     views: list[TensorView] = []  # in the order the families read them (the parameters' binding order)
     for spec, key in keyed:
         for sl in families[key].slices:

@@ -83,7 +83,7 @@ class JaxBinding:
 
 
 def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, example: Sequence = (), loss=None,
-         check: bool = True, frames: str = "balanced") -> JaxBinding:
+         check: bool = True, frames: str = "balanced", discovered=None, names=None) -> JaxBinding:
     """Bind the leaves of ``params`` to gauges (errors name the leaf path and gauge).
 
     Args:
@@ -99,6 +99,10 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
             only, as in ``jax.eval_shape``).
         frames: ``"balanced"`` (default) or ``"per_family"``: how canonical points are chosen, as in the
             torch :func:`~gaugemath.backends.torch.bind`.
+        discovered, names: a :class:`gaugemath.discovery.LieAlgebra` and where its blocks are in ``params``
+            (``{block: leaf path or TensorView}``; default: the torch parameter names it was traced from,
+            for a pytree keyed by them in torch's layout): its families the backends apply are bound,
+            checked like explicit specs (``apply``/``example``), the others listed in ``refusals``.
 
     Detected families that fail the check are refused (listed in ``refusals``); explicit specs that
     fail raise a :class:`GaugeError` with the measured change.
@@ -107,6 +111,16 @@ def bind(params, specs: Sequence[GaugeSpec] | None = None, *, apply=None, exampl
         raise ValueError(f"frames={frames!r}: choose from ('balanced', 'per_family')")
     target = _target(loss)
     refusals: list = []
+    if discovered is not None:
+        from gaugemath.discovery.backend import discovered_specs, support
+        from gaugemath.structure.detect import Refusal
+
+        if specs is not None:
+            raise GaugeError("bind", "params", "pass either specs or discovered=, not both")
+        chosen, families = discovered_specs(discovered, "jax", names)
+        binding = _bind(params, chosen, apply, example, target, check, frames, families)
+        refused = tuple(Refusal("discovered", s.family, s.reason) for s in support(discovered) if not s.backend)
+        return JaxBinding(binding.paths, binding.families, binding.layout, refused, binding.checked, frames)
     if specs is None:
         if apply is None:
             raise GaugeError("bind", "params", "detection traces the model: pass apply=fn and example=(...)")
@@ -145,10 +159,11 @@ def _target(loss):
     raise ValueError(f"loss={loss!r}: pass None, 'cross_entropy' or a callable output -> array")
 
 
-def _bind(params, specs, apply, example, target, check, frames: str = "balanced") -> JaxBinding:
+def _bind(params, specs, apply, example, target, check, frames: str = "balanced",
+          families: dict | None = None) -> JaxBinding:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     shapes = {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
-    order, resolved, layout = resolve(specs, shapes, FAMILIES, what="leaf")
+    order, resolved, layout = resolve(specs, shapes, families or FAMILIES, what="leaf")
     fams = tuple(JaxFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved)
     if frames != "balanced":
         check_balance_frames(fams)

@@ -285,9 +285,10 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         grad = entries(lay, to_work(lay, grads, work))
         ms, vs = to_work(lay, ms), to_work(lay, vs)  # moments live in the stored layout, step in the work one
         bufs = [None if b is None else to_work_one(lay, k, b) for k, b in enumerate(bufs)]
-        if len(held) != len(planes):
-            raise GaugeError("ddc", "<state>", f"the state holds {len(held)} plane pivots, the binding has "
-                             f"{len(planes)} RoPE plane families (a state of another binding or version)")
+        if len(held) != len(planes) or any(tuple(h.shape) != (fams[f].units,) for h, f in zip(held, planes)):
+            raise GaugeError("ddc", "<state>", f"the state's plane pivots {[tuple(h.shape) for h in held]} do not "
+                             f"match the binding's RoPE planes {[(fams[f].units,) for f in planes]} (a state of "
+                             "another binding or version)")
         pivots = dict(zip(planes, held))
         theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad, pivots)
         fact = projector.factor(theta, masks)

@@ -213,9 +213,9 @@ def _named(model: nn.Module) -> dict[str, Tensor]:
     return dict(model.named_parameters(remove_duplicate=False))
 
 
-def _build(model: nn.Module, specs: Sequence[GaugeSpec], prefix: str = "") -> Binding:
+def _build(model: nn.Module, specs: Sequence[GaugeSpec], prefix: str = "", families: dict | None = None) -> Binding:
     named = _named(model)
-    order, resolved, layout = resolve(specs, {n: tuple(p.shape) for n, p in named.items()}, FAMILIES)
+    order, resolved, layout = resolve(specs, {n: tuple(p.shape) for n, p in named.items()}, families or FAMILIES)
     fams = [BoundFamily(r.family, r.name, r.roles, r.units, r.d_head) for r in resolved]
     params = [(prefix + n, named[n]) for n in order]
     seen: dict[int, str] = {}
@@ -432,24 +432,31 @@ def bind(model: nn.Module, specs: Sequence[GaugeSpec] | None = None, *, example=
     return binding
 
 
-def _bind_discovered(inner: nn.Module, prefix: str, alg, specs, example, loss, check: bool, seed: int,
-                     frames: str) -> Binding:
+def _bind_discovered(inner: nn.Module, prefix: str, alg, specs: Sequence[GaugeSpec] | None, example,
+                     loss: str | Callable | None, check: bool, seed: int, frames: str) -> Binding:
     """:func:`bind` with ``discovered=``: the algebra's backend families on the parameters it was traced from."""
-    from gaugemath.discovery.backend import bindable, support, torch_binding
+    from gaugemath.discovery.backend import discovered_specs, support
 
     from .check import check_binding
 
-    names = dict(getattr(alg.layer, "parameters", {}) or {})
     if specs is not None:
         raise GaugeError("bind", type(inner).__name__, "pass either specs or discovered=, not both")
-    if not names:
+    if not getattr(alg.layer, "parameters", None):
         raise GaugeError("bind", alg.layer.name, "this algebra was not traced from an nn.Module (its blocks name no "
                          "parameters): bind it with gaugemath.discovery.backend.torch_binding(alg, model, names)")
-    refused = [Refusal("discovered", s.family, s.reason) for s in support(alg) if not s.backend]
-    binding = torch_binding(bindable(alg), inner, names)
-    binding.refusals = refused
-    binding.params = [(prefix + n, p) for n, p in binding.params]
-    binding.model_numel = sum(p.numel() for p in inner.parameters())
+    chosen, families = discovered_specs(alg, "torch")
+    refusals = [Refusal("discovered", s.family, s.reason) for s in support(alg) if not s.backend]
+    frozen = {n for n, p in _named(inner).items() if not p.requires_grad}
+    keep = []
+    for s in chosen:  # as bind() does for detected families: a frozen parameter cannot move along the orbit
+        hit = sorted({v.param if isinstance(v, TensorView) else v for v in s.roles.values()} & frozen)
+        (refusals.append(Refusal(s.family, s.name, f"{hit[0]} is frozen (requires_grad=False)")) if hit
+         else keep.append(s))
+    if not keep:
+        raise GaugeError("bind", alg.layer.name, "no discovered family can be bound: "
+                         + "; ".join(str(r) for r in refusals))
+    binding = _build(inner, keep, prefix, families)
+    binding.refusals = refusals
     binding.frames = frames
     if frames != "balanced":
         check_balance_frames(binding.families)

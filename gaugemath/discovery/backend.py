@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import sympy as sp
 
@@ -48,9 +49,9 @@ class _Shape:
         self.kind = _KIND[fam.kind]
         self.name = fam.describe()
         self.units = len(fam.members)
-        self.family = type("F", (), {"gauge": f"discovered family {index}"})()
-        self._members = [(type("S", (), {"axis": "rows" if axis == "planes" else axis, "role": block})(),
-                          blocks.index(block)) for block, _, axis, _ in fam.signature]
+        self.family = SimpleNamespace(gauge=f"discovered family {index}")
+        self._members = [(SimpleNamespace(axis="rows" if axis == "planes" else axis, role=block), blocks.index(block))
+                         for block, _, axis, _ in fam.signature]
 
     def members(self):
         return self._members
@@ -61,10 +62,11 @@ def support(alg: LieAlgebra) -> list[Support]:
 
     Refused, with what is missing: mixing algebras (``gl``/``so`` actions with no per-unit form: no canonical
     frame); scale exponents other than ±1 (the ``relu2`` rescale ``(αr, c/α²)``: the backends apply ``e^{±a}``
-    only); a family that overlaps an earlier supported one in a way the joint projector does not solve (two
-    scalings of one slice, e.g. ReGLU's gate and up against ``W_down[:, k]``, or a per-unit output scale
-    against the unit rescale): :class:`gaugemath.backends._coupling.Coupling` decides this exactly as it does
-    for a binding, families taken in order."""
+    only); translations that move entries by other multiples than 1 of the unit's coordinate; a family that
+    overlaps an earlier supported one in a way the joint projector does not solve (two scalings of one slice,
+    e.g. ReGLU's gate and up against ``W_down[:, k]``, or a per-unit output scale against the unit rescale):
+    :class:`gaugemath.backends._coupling.Coupling` decides this exactly as it does for a binding, families
+    taken in order."""
     from gaugemath.backends._coupling import Coupling
 
     blocks = list(alg.layer.params)
@@ -80,6 +82,11 @@ def support(alg: LieAlgebra) -> list[Support]:
         if powers:
             out.append(Support(what, False, f"scale exponent(s) {[str(p) for p in powers]}: the backends apply a "
                                "per-unit scale with exponent ±1 only"))
+            continue
+        shifts = sorted({c for _, kind, _, c in fam.signature if kind == "shift"} - {1})
+        if shifts:
+            out.append(Support(what, False, f"translation coefficient(s) {[str(c) for c in shifts]}: the backends "
+                               "translate each entry of a unit by the unit's one coordinate"))
             continue
         trial = kept + [_Shape(i, fam, blocks)]
         try:
@@ -166,6 +173,29 @@ def load_families(alg: LieAlgebra, library: str = "torch") -> dict:
     exec(compile(text, f"<discovered {alg.layer.name} ({library})>", "exec"), namespace)
     cache[library] = dict(namespace["FAMILIES"])
     return dict(cache[library])
+
+
+def discovered_specs(alg: LieAlgebra, library: str, names: Mapping | None = None) -> tuple[list, dict]:
+    """``(specs, families)`` for a backend's ``resolve``: one :class:`~gaugemath.backends.GaugeSpec` per family of
+    ``alg`` the backends apply (:func:`bindable`), its roles (the layer's blocks) mapped to ``names[block]`` —
+    a parameter name, leaf path or :class:`~gaugemath.backends.TensorView` (default: the module parameters the
+    blocks were traced from, ``alg.layer.parameters``) — and the generated families of ``library`` by key.
+
+    What ``bind(model, discovered=alg)`` (torch) and ``gaugemath.backends.jax.bind(params, discovered=alg)``
+    bind: the same resolution, layout and model check as catalogue specs."""
+    from gaugemath.backends._spec import GaugeSpec
+
+    names = dict(alg.layer.parameters if names is None else names)
+    sub = bindable(alg)
+    fams = load_families(sub, library)
+    specs = []
+    for key, fam in fams.items():
+        missing = [s.role for s in fam.slices if s.role not in names]
+        if missing:
+            raise GaugeError(fam.gauge, missing[0], "no parameter given for this block: pass names={block: "
+                             "parameter} (a layer not traced from a module names none)")
+        specs.append(GaugeSpec(key, {s.role: names[s.role] for s in fam.slices}, name=key))
+    return specs, fams
 
 
 def torch_binding(alg: LieAlgebra, model, names: Mapping[str, str]):

@@ -10,7 +10,8 @@ reference layer and compares the algebras exactly.
 the widths of ``-o`` (or the module's ``WIDTHS``), traced on its ``example_inputs()`` (or the module's
 ``example(model)``), and translated into a layer (:mod:`~gaugemath.discovery.from_torch`); ``--loss`` is
 ``bind()``'s. ``--backend-dir DIR`` writes the torch and JAX families the backends apply; with ``--check``
-it writes nothing and fails (exit 1) if the files in ``DIR`` differ from a fresh derivation.
+nothing is written and the command fails (exit 1) if the certificate or the files in ``DIR`` differ from
+a fresh derivation.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def _certificate(alg: LieAlgebra, source: str) -> str:
         widths = ", ".join(f"{k}={v}" for k, v in inst.layer.widths.items()) or "defaults"
         out.append(f"- instance ({widths}): {inst.dim} generators, every residual ⟨∇f_o, X_a⟩ = 0 exactly; "
                    f"numeric null space {inst.search.dim}; {'complete' if inst.complete else 'INCOMPLETE'}")
-    from .backend import bindable
+    from .backend import bindable, support
 
-    try:
-        gauge = bindable(alg).to_gauge()  # the families the backends apply (the others are listed above)
+    try:  # the families the backends apply (the others are listed above); else the whole frameable algebra
+        gauge = (bindable(alg) if any(s.backend for s in support(alg)) else alg).to_gauge()
     except GaugeError as e:
         return "\n".join(out + ["", f"No gauge: {e}", ""])
     cert = prove(gauge)
@@ -126,27 +127,28 @@ def run(args) -> int:
         print(f"discovered in {time.perf_counter() - t0:.1f} s ("
               + ", ".join(f"{k} {v:.1f} s" for k, v in alg.seconds.items()) + " for the first instance)")
         source = _source(args)
+        files = {}
         if args.certificate:
-            Path(args.certificate).write_text(_certificate(alg, source), encoding="utf-8")
-            print(f"wrote {args.certificate}")
+            files[Path(args.certificate)] = _certificate(alg, source)
         if args.backend_dir:
             from .backend import render
 
             out = Path(args.backend_dir)
-            files = {out / f"{alg.layer.name.replace(':', '_')}_{lib}.py": render(alg, lib, source)
-                     for lib in ("torch", "jax")}
+            files.update({out / f"{alg.layer.name.replace(':', '_')}_{lib}.py": render(alg, lib, source)
+                          for lib in ("torch", "jax")})
+        if files:
             if args.check:
                 stale = [str(f) for f, text in files.items()
                          if not f.is_file() or f.read_text(encoding="utf-8") != text]
                 if stale:
                     print(f"out of date (re-run without --check): {', '.join(stale)}", file=sys.stderr)
                     return 1
-                print(f"backend families in {out}/ are up to date")
+                print(f"up to date: {', '.join(str(f) for f in files)}")
             else:
-                out.mkdir(parents=True, exist_ok=True)
                 for f, text in files.items():
+                    f.parent.mkdir(parents=True, exist_ok=True)
                     f.write_text(text, encoding="utf-8")
-                print(f"wrote backend families for torch and jax to {out}/")
+                    print(f"wrote {f}")
     except (GaugeError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -174,7 +176,8 @@ def add_parser(sub) -> None:
     p.add_argument("--loss", choices=["cross_entropy"], default=None,
                    help="with --torch: what training keeps invariant (bind()'s loss=); default: every output")
     p.add_argument("--check", action="store_true",
-                   help="with --backend-dir: write nothing, exit 1 if the files there differ from a fresh derivation")
+                   help="write nothing; exit 1 if the --certificate / --backend-dir files differ from a fresh "
+                        "derivation")
     p.add_argument("-o", "--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="width (or catalogue option), e.g. -o hidden=3: one instance instead of WIDTHS")
     p.add_argument("--certificate", metavar="FILE", help="write the discovery report and the gauge's certificate")

@@ -128,7 +128,7 @@ def _rotate_gauge(lay: Layer, fam: Family, gens, name: str) -> Gauge:
         a = gens[g][0].extract(idx, idx)  # then the action is left multiplication [[c, -s], [s, c]]·rows
         i = next(i for i in range(a.rows) if any(a[:, i]))
         j = next(j for j in range(a.rows) if a[j, i] != 0)
-        mats.append(a if a[j, i] == 1 else -a)  # (a generator's sign is a choice of basis: same group)
+        mats.append(a if a[j, i] > 0 else -a)  # (a generator's sign is a choice of basis: same group)
         pairs.append((i, j))
     projs = [-(a * a) for a in mats]
 

@@ -47,7 +47,7 @@ from .layer import Layer, layer
 
 #: operations that move data (the detector's) and a few more that only select or pad entries
 _MOVES = MOVES | {"embedding", "pad", "constant_pad_nd", "flip", "roll", "index_select", "gather", "take",
-                  "diagonal", "tril", "triu", "index"}
+                  "diagonal", "tril", "triu", "index", "numpy_T", "mT", "swapaxes", "swapdims", "adjoint"}
 _PASS = CASTS | {"dropout", "feature_dropout", "alpha_dropout", "detach", "clone", "contiguous", "alias",
                  "lift_fresh_copy", "_assert_tensor_metadata"}
 
@@ -96,8 +96,8 @@ def _block_name(param: str) -> str:
 class _Evaluator:
     """Evaluates a traced :class:`~gaugemath.structure.graph.Graph` on SymPy entries (module docstring)."""
 
-    def __init__(self, graph, layer_name: str):
-        self.graph, self.name = graph, layer_name
+    def __init__(self, graph, layer_name: str, dtype: torch.dtype = torch.float32):
+        self.graph, self.name, self.dtype = graph, layer_name, dtype
         self.consts = _Consts()
         self.values: dict[Node, Any] = {}
         self.assumptions: list[str] = []
@@ -122,7 +122,8 @@ class _Evaluator:
         raise GaugeError(self.name, None, f"cannot use {type(v).__name__} as a tensor operand")
 
     def fail(self, node: Node, why: str) -> GaugeError:
-        return GaugeError(self.name, f"op {node.op} ({node!r})", why)
+        where = f" in {node.module}" if getattr(node, "module", "") else ""
+        return GaugeError(self.name, None, f"operation {node.op} ({node!r}){where} {why}")
 
     # ------------------------------------------------------------------ evaluation
     def run(self, node: Node):
@@ -130,7 +131,10 @@ class _Evaluator:
         leaves = [x for x in _flat((args, kwargs)) if _symbolic(x)]
         if not leaves:  # nothing symbolic: as the model computes it
             return self.graph.run(node, args, kwargs)
-        op = node.op.rstrip("_") if node.op.endswith("_") and not node.op.startswith("_") else node.op
+        op = node.op
+        if op.endswith("_") and not op.startswith("_") and op not in _PASS:  # in place
+            self.check_in_place(node)
+            op = op[:-1]
         if op in _PASS:
             return args[0]
         if op in _MOVES:
@@ -141,6 +145,20 @@ class _Evaluator:
                             "gaugemath.discovery.layer (declared functions), or express the operation with supported "
                             f"ones ({', '.join(sorted(TRANSLATIONS))} and data movement)")
         return fn(self, node, args, kwargs)
+
+    def check_in_place(self, node: Node) -> None:
+        """An in-place operation is evaluated as its out-of-place twin, which is exact only when nothing else
+        sees the tensor it overwrites: refused when that tensor is a view of another, or has a view."""
+        target = node.inputs()[0] if node.inputs() else None
+        if target is None:
+            return
+        if target.kind == "op" and target.op in _MOVES:
+            raise self.fail(node, f"writes in place into a view ({target.op}) of another tensor: write the "
+                            "operation out of place (discovery evaluates values, not storage)")
+        views = [u for u in target.users if u is not node and u.op in _MOVES]
+        if views:
+            raise self.fail(node, f"writes in place into a tensor that a view ({views[0].op}) also reads: write "
+                            "the operation out of place (discovery evaluates values, not storage)")
 
     def move(self, node: Node, args, kwargs):
         """Run a data-movement node on integer positions into a pool of entries (position 0: the number 0, so
@@ -157,15 +175,17 @@ class _Evaluator:
                 return type(v)(index(x) for x in v)
             return v
 
-        if node.op in ("pad", "constant_pad_nd"):
-            value = kwargs.get("value", args[3] if len(args) > 3 else 0)
-            if value not in (0, 0.0, None):
-                raise self.fail(node, f"padding with {value} (not 0) is not supported")
-        if node.op == "embedding":  # (weight, indices): positions of the weight, integer indices as they are
-            args = (index(args[0]),) + tuple(args[1:])
-        else:
-            args = tuple(index(a) for a in args)
-            kwargs = {k: index(v) for k, v in kwargs.items()}
+        args = tuple(index(a) for a in args)  # integer operands (embedding ids, gather indices) stay as they are
+        kwargs = {k: index(v) for k, v in kwargs.items()}
+        if node.op in ("pad", "constant_pad_nd"):  # pad(input, pad, mode, value); constant_pad_nd(input, pad, value)
+            at = 3 if node.op == "pad" else 2
+            value = kwargs.get("value", args[at] if len(args) > at else None)
+            if value not in (0, 0.0, None):  # pad with the position of the padding value in the pool
+                pool.append(self.consts.number(value))
+                if "value" in kwargs or len(args) <= at:
+                    kwargs["value"] = len(pool) - 1
+                else:
+                    args = args[:at] + (len(pool) - 1,) + args[at + 1:]
         out = self.graph.run(node, args, kwargs)
         table = np.empty(len(pool), dtype=object)
         table[:] = pool
@@ -339,8 +359,8 @@ def _rms_norm(ev, node, args, kwargs):
     shape = args[1]
     w = args[2] if len(args) > 2 else kwargs.get("weight")
     eps = args[3] if len(args) > 3 else kwargs.get("eps")
-    if eps is None:
-        eps = torch.finfo(torch.float32).eps
+    if eps is None:  # ATen: the eps of the input's dtype
+        eps = torch.finfo(ev.dtype).eps
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     ms = _sum(x * x, axes, True) / sp.Integer(math.prod(shape))
     y = x * _elementwise(lambda v: 1 / sp.sqrt(v + ev.consts.number(eps)))(ms)
@@ -391,15 +411,15 @@ def _cross_entropy(ev, node, args, kwargs):
     t = t.reshape(-1).tolist()
     ignore = a.get("ignore_index", -100)
     logp = _log_softmax_last(z.reshape(-1, z.shape[-1]))
-    terms = [-logp[i, c] for i, c in enumerate(t) if c != ignore]
+    per = [sp.Integer(0) if c == ignore else -logp[i, c] for i, c in enumerate(t)]  # torch: 0 where ignored
     reduction = a.get("reduction", 1)
-    total = sp.Add(*terms)
+    kept = sum(c != ignore for c in t)
     if reduction in (1, "mean"):
-        return np.array(total / len(terms), dtype=object)
+        return np.array(sp.Add(*per) / kept, dtype=object)
     if reduction in (2, "sum"):
-        return np.array(total, dtype=object)
-    out = np.empty(len(terms), dtype=object)
-    out[:] = terms
+        return np.array(sp.Add(*per), dtype=object)
+    out = np.empty(len(per), dtype=object)
+    out[:] = per
     return out
 
 
@@ -465,10 +485,16 @@ def module_layer(module: nn.Module, example, *, loss: str | Callable | None = No
         graph = trace(module, args, kwargs, target_of(_loss(module, loss)))
     finally:
         module.train(was_training)
-    ev = _Evaluator(graph, name)
+    floating = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if floating:
+        raise GaugeError(name, floating[0], "a floating keyword input would be read as a constant (a symmetry must "
+                         "hold for every input): pass floating inputs positionally")
+    dtype = next((p.dtype for p in module.parameters()), torch.get_default_dtype())
+    ev = _Evaluator(graph, name, dtype)
     params: dict[str, sp.Matrix] = {}
     sources: dict[str, str] = {}
     inputs: dict[str, sp.Matrix] = {}
+    blocks = {_block_name(n.name) for n in graph.nodes if n.kind == "param"}
     for node in graph.nodes:
         if node.kind == "param":
             shape = node.shape
@@ -477,6 +503,9 @@ def module_layer(module: nn.Module, example, *, loss: str | Callable | None = No
                                  "(reshape it in the module, or write the layer with gaugemath.discovery.layer)")
             rows, cols = (shape[0], 1) if len(shape) == 1 else ((1, 1) if not shape else shape)
             block = _block_name(node.name)
+            if block in sources:
+                raise GaugeError(name, node.name, f"its block name '{block}' is also that of {sources[block]}: "
+                                 "rename one of the two parameters")
             m = block_symbols(block, rows, cols)
             params[block], sources[block] = m, node.name
             ev.values[node] = np.array(m.tolist(), dtype=object).reshape(shape)
@@ -484,6 +513,8 @@ def module_layer(module: nn.Module, example, *, loss: str | Callable | None = No
             v = node.value
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not node.constant:
                 label = f"x{len(inputs)}"
+                while label in blocks:
+                    label += "_in"
                 rows = math.prod(v.shape[:-1]) if v.dim() > 1 else (v.shape[0] if v.dim() else 1)
                 cols = v.shape[-1] if v.dim() > 1 else 1
                 m = sp.Matrix(rows, cols, lambda i, j, label=label: sp.Symbol(f"{label}[{i},{j}]"))
@@ -499,6 +530,17 @@ def module_layer(module: nn.Module, example, *, loss: str | Callable | None = No
             except Exception as e:  # noqa: BLE001 - an operand form the translation did not expect
                 raise ev.fail(node, f"could not be evaluated symbolically ({type(e).__name__}: {e})") from e
     outs = [e for o in graph.outputs for e in (ev.obj(ev.values[o]).reshape(-1).tolist())]
+    read = set().union(*(sp.sympify(e).free_symbols for e in outs)) if outs else set()
+    for block, m in params.items():  # an entry the example never reads would come out as a free "symmetry"
+        unread = [(i, j) for i in range(m.rows) for j in range(m.cols) if m[i, j] not in read]
+        if len(unread) == m.rows * m.cols:
+            raise GaugeError(name, sources[block], "the parameter does not reach the outputs on this example (every "
+                             "linear map of it would be a trivial symmetry): give an example that uses it")
+        if unread:
+            rows_unread = sorted({i for i, _ in unread if all((i, j) in unread for j in range(m.cols))})
+            what = f"rows {rows_unread}" if rows_unread else f"entries {unread[:4]}"
+            raise GaugeError(name, sources[block], f"{what} are not read by the example (e.g. token ids that do not "
+                             "cover the vocabulary): give an example that reads every entry")
     scalar = len(outs) == 1 and len(graph.outputs) == 1 and not graph.outputs[0].shape
     at = ", ".join(f"{k}={v}" for k, v in (widths or {}).items()) or "as given"
     lay = layer(name, params, inputs, sp.Matrix(outs), loss="scalar" if scalar else "outputs",

@@ -166,7 +166,7 @@ def null_space(lay: Layer, seed: int = 0, oversample: float = 1.5) -> NullSpace:
     # Outputs may be dependent (two-class log-softmax: both are functions of z0 − z1): a point then gives
     # fewer independent equations than outputs. Size the sample by the gradients' rank per point instead.
     per_point = max(int(np.linalg.matrix_rank(s.grads[i], tol=1e-9 * max(np.abs(s.grads[i]).max(), 1e-300)))
-                    for i in range(min(8, points)))
+                    for i in range(min(8, len(s.grads))))
     need = int(np.ceil(oversample * unknowns / max(per_point, 1))) + 8
     if need > points:
         more = sample_gradients(lay, need - points, rng)

@@ -38,6 +38,7 @@ class Node:
     users: list[Node] = field(default_factory=list)
     value: Any = None
     constant: bool = False
+    module: str = ""  # the module that issued an operation (where the frontend records it), for messages
 
     def inputs(self) -> list[Node]:
         """The nodes among ``args`` and ``kwargs`` (nested lists and tuples included)."""

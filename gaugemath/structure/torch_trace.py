@@ -79,8 +79,9 @@ def trace(model: nn.Module, args: Sequence, kwargs: Mapping | None, target: Call
         elif fx.op == "get_attr":  # a tensor the forward pass reads that is not a parameter (buffer, constant)
             node = Node(len(nodes), "input", shape=shape, name=fx.name, value=getattr(gm, fx.target), constant=True)
         elif fx.op == "call_function":
+            stack = fx.meta.get("nn_module_stack") or {}
             node = Node(len(nodes), "op", op=_op_name(fx.target), args=conv(fx.args), kwargs=conv(dict(fx.kwargs)),
-                        shape=shape)
+                        shape=shape, module=str(next(reversed(stack.values()))[0]) if stack else "")
             node.target = fx.target  # type: ignore[attr-defined]
             for inp in node.inputs():
                 if not inp.users or inp.users[-1] is not node:
