@@ -47,8 +47,8 @@ def _role_of(fam, index: int) -> str:
 
 def _orthogonal(fa, ax: str, fb, ay: str, a: int, b: int, balanced: bool = False) -> bool:
     pair = {(fa.kind, ax), (fb.kind, ay)}
-    if ("scale", "cols") in pair and ({("plane", "rows"), ("head", "rows")} & pair):
-        return True
+    if ({("scale", "cols"), ("scale", "all")} & pair) and ({("plane", "rows"), ("head", "rows")} & pair):
+        return True  # a column (or whole-tensor) scaling is a rotation-invariant direction: ⟨Θ, AΘ⟩ = 0, A skew
     if ("scale", "cols") in pair and ("translate", "cols") in pair:
         if balanced:  # centred first, then balanced: a column scaling keeps the columns centred
             return True

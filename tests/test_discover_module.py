@@ -453,3 +453,66 @@ def test_a_frozen_parameter_is_not_bound_by_a_discovered_family(algebras):
                    loss=m.loss)
     assert [f.name for f in binding.families] == ["LeakyMLP.shift0.fc2_weight", "LeakyMLP.shift1.fc2_bias"]
     assert any("fc1.weight is frozen" in r.reason for r in binding.refusals)
+
+
+def _tiny_llama(hidden: int, heads: int, inter: int, vocab: int):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=1,
+                                   num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=16)
+    return transformers.LlamaForCausalLM(cfg).double()
+
+
+def test_hugging_face_llama_discovered_from_its_own_code():
+    """HF's LlamaForCausalLM, traced as it is (its RMSNorm, rotate_half RoPE, SwiGLU, causal mask, loss from
+    labels), discovered at hidden = d_head = d_ff = 2 (measured 28 s): complete, dim 16, with the catalogue's
+    families; bound on an 8-head Llama (d_head 2, where rotate_half pairs (0, 1) as the discovered planes do)
+    and DDCAdam run B stays the image, under a group element written with third_party's plain helpers."""
+    from third_party import Draw, _lm_loss, gain, plane, rotate_rows, shift, unit
+
+    ids = torch.tensor([[0, 1, 2, 0]])  # the loss reads positions 0..2: every embedding row is read
+    alg = discover(_tiny_llama(2, 1, 2, 3), example={"input_ids": ids, "labels": ids})
+    assert alg.complete and alg.dim == 16
+    report = support(alg)
+    refused = [s.family for s in report if not s.backend]  # the whole-Q/K rescale (it shares q's columns
+    assert len(refused) == 2 and refused[0].startswith("scale: model_layers_0_self_attn_q_proj_weight·α")
+    assert refused[1].startswith("mixing")  # with the input gain, which has more generators) and V/O mixing
+    assert any(s.family.startswith("rotate: model_layers_0_self_attn_q_proj_weight[2k:2k+2, :]") for s in report)
+    a = _tiny_llama(16, 8, 24, 11)
+    gen = torch.Generator().manual_seed(3)
+    batch = torch.randint(0, 11, (2, 6), generator=gen)
+    binding = bind(a, discovered=alg, example={"input_ids": batch, "labels": batch})
+
+    def transform(m, seed):
+        draw = Draw(seed)
+        with torch.no_grad():
+            layer = m.model.layers[0]
+            att, mlp = layer.self_attn, layer.mlp
+            gain(layer.input_layernorm, draw.scale(16), att.q_proj.weight, att.k_proj.weight, att.v_proj.weight)
+            gain(layer.post_attention_layernorm, draw.scale(16), mlp.gate_proj.weight, mlp.up_proj.weight)
+            unit(mlp.up_proj.weight, None, mlp.down_proj.weight, draw.scale(24))
+            for h in range(8):  # rotate_half at d_head 2 pairs dims (0, 1) of each head
+                r = plane(*(lambda t: (math.cos(t), math.sin(t)))(draw.angle()))
+                rotate_rows(att.q_proj.weight, [2 * h, 2 * h + 1], r)
+                rotate_rows(att.k_proj.weight, [2 * h, 2 * h + 1], r)
+            gain(m.model.norm, draw.scale(16), m.lm_head.weight)
+            shift(m.lm_head.weight, None, draw.vector(16), 0.0)
+
+    b = copy.deepcopy(a)
+    transform(b, 5)
+    oa = DDCAdam(a.parameters(), binding=binding, lr=1e-2, weight_decay=0.01)
+    ob = DDCAdam(b.parameters(), binding=binding.rebind(b), lr=1e-2, weight_decay=0.01)
+    worst = 0.0
+    for _ in range(5):
+        x = torch.randint(0, 11, (2, 6), generator=gen)
+        for model, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            _lm_loss(model, (), {"input_ids": x}).backward()  # in fp64 (HF's own loss upcasts to fp32)
+            opt.step()
+        image = copy.deepcopy(a)
+        transform(image, 5)
+        num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
+        den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
+        worst = max(worst, math.sqrt(num / den))
+    assert worst < 1e-12, worst

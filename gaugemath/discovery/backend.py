@@ -65,39 +65,42 @@ def support(alg: LieAlgebra) -> list[Support]:
     only); translations that move entries by other multiples than 1 of the unit's coordinate; a family that
     overlaps an earlier supported one in a way the joint projector does not solve (two scalings of one slice,
     e.g. ReGLU's gate and up against ``W_down[:, k]``, or a per-unit output scale against the unit rescale):
-    :class:`gaugemath.backends._coupling.Coupling` decides this exactly as it does for a binding, families
-    taken in order."""
+    :class:`gaugemath.backends._coupling.Coupling` decides this exactly as it does for a binding (of two that
+    cannot be bound together, the one with more generators is kept)."""
     from gaugemath.backends._coupling import Coupling
 
     blocks = list(alg.layer.params)
-    out: list[Support] = []
+    out: dict[int, Support] = {}
     kept: list[_Shape] = []
-    for i, fam in enumerate(alg.families):
+    # of two families that cannot be bound together the one with more generators is kept (a norm gain over
+    # the whole-tensor Q/K rescale), ties in the algebra's order; the report is in the algebra's order
+    for i in sorted(range(len(alg.families)), key=lambda i: (-len(alg.families[i].members), i)):
+        fam = alg.families[i]
         what = fam.describe()
         if fam.kind == "mix":
-            out.append(Support(what, False, "no per-unit form, so no canonical frame (a mixing algebra, e.g. gl(h) "
-                               "of a linear chain or GL(d_head) of value-output): proofs and charges only"))
+            out[i] = Support(what, False, "no per-unit form, so no canonical frame (a mixing algebra, e.g. gl(h) "
+                               "of a linear chain or GL(d_head) of value-output): proofs and charges only")
             continue
         powers = sorted({c for _, kind, _, c in fam.signature if kind == "scale"} - {1, -1})
         if powers:
-            out.append(Support(what, False, f"scale exponent(s) {[str(p) for p in powers]}: the backends apply a "
-                               "per-unit scale with exponent ±1 only"))
+            out[i] = Support(what, False, f"scale exponent(s) {[str(p) for p in powers]}: the backends apply a "
+                               "per-unit scale with exponent ±1 only")
             continue
         shifts = sorted({c for _, kind, _, c in fam.signature if kind == "shift"} - {1})
         if shifts:
-            out.append(Support(what, False, f"translation coefficient(s) {[str(c) for c in shifts]}: the backends "
-                               "translate each entry of a unit by the unit's one coordinate"))
+            out[i] = Support(what, False, f"translation coefficient(s) {[str(c) for c in shifts]}: the backends "
+                               "translate each entry of a unit by the unit's one coordinate")
             continue
         trial = kept + [_Shape(i, fam, blocks)]
         try:
             Coupling(trial, blocks, balanced=True)
         except GaugeError as e:
-            out.append(Support(what, False, "overlaps a supported family in a way the joint projector does not "
-                               f"solve ({e.reason})"))
+            out[i] = Support(what, False, "overlaps a supported family in a way the joint projector does not "
+                               f"solve ({e.reason})")
             continue
         kept = trial
-        out.append(Support(what, True))
-    return out
+        out[i] = Support(what, True)
+    return [out[i] for i in range(len(alg.families))]
 
 
 def bindable(alg: LieAlgebra) -> LieAlgebra:
