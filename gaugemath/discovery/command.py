@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,7 +158,14 @@ def run(args) -> int:
 
 def _source(args) -> str:
     """The ``gaugemath discover`` arguments that re-derive this result (named in certificates and files)."""
-    parts = [f"--torch {args.torch}"] if args.torch else [args.layer]
+    def norm(path: str) -> str:  # ./x.py and x.py name one file: one text in the generated files
+        return os.path.normpath(path) if path.endswith(".py") else path
+
+    if args.torch:
+        module, _, attr = args.torch.rpartition(":")
+        parts = [f"--torch {norm(module)}:{attr}"]
+    else:
+        parts = [norm(args.layer)]
     parts += [f"-o {k}={v}" for k, v in (args.option or [])]
     if args.torch and args.loss:
         parts.append(f"--loss {args.loss}")
