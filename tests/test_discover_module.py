@@ -464,15 +464,20 @@ def _tiny_llama(hidden: int, heads: int, inter: int, vocab: int):
     return transformers.LlamaForCausalLM(cfg).double()
 
 
-def test_hugging_face_llama_discovered_from_its_own_code():
+@pytest.fixture(scope="module")
+def llama_algebra():
+    ids = torch.tensor([[0, 1, 2, 0]])  # the loss reads positions 0..2: every embedding row is read
+    return discover(_tiny_llama(2, 1, 2, 3), example={"input_ids": ids, "labels": ids})
+
+
+def test_hugging_face_llama_discovered_from_its_own_code(llama_algebra):
     """HF's LlamaForCausalLM, traced as it is (its RMSNorm, rotate_half RoPE, SwiGLU, causal mask, loss from
     labels), discovered at hidden = d_head = d_ff = 2 (measured 28 s): complete, dim 16, with the catalogue's
     families; bound on an 8-head Llama (d_head 2, where rotate_half pairs (0, 1) as the discovered planes do)
     and DDCAdam run B stays the image, under a group element written with third_party's plain helpers."""
     from third_party import Draw, _lm_loss, gain, plane, rotate_rows, shift, unit
 
-    ids = torch.tensor([[0, 1, 2, 0]])  # the loss reads positions 0..2: every embedding row is read
-    alg = discover(_tiny_llama(2, 1, 2, 3), example={"input_ids": ids, "labels": ids})
+    alg = llama_algebra
     assert alg.complete and alg.dim == 16
     report = support(alg)
     refused = [s.family for s in report if not s.backend]  # the whole-Q/K rescale (it shares q's columns
@@ -512,6 +517,43 @@ def test_hugging_face_llama_discovered_from_its_own_code():
             opt.step()
         image = copy.deepcopy(a)
         transform(image, 5)
+        num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
+        den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
+        worst = max(worst, math.sqrt(num / den))
+    assert worst < 1e-12, worst
+
+
+def test_discovered_llama_binds_on_the_third_party_llama_with_gqa_and_rotate_half(llama_algebra):
+    """The algebra discovered at d_head = 2 with one head, bound on third_party's Llama sizes (d 32, 4 query heads
+    sharing 2 key/value heads, d_head 8, rotate_half, one layer): the RoPE planes take this model's pairing and
+    head groups from bind()'s own detector, the V/O rescale (it does not fit grouped heads) is refused by name,
+    and DDCAdam stays the image of run A under third_party's hand-written Llama element (gains, SwiGLU units,
+    rotate_half planes per kv group, final gain, logit shift) to the fp64 bar."""
+    import third_party as tp
+
+    transformers = pytest.importorskip("transformers")
+    case = next(c for c in tp.CASES if c.name == "llama")
+    torch.manual_seed(2)
+    cfg = transformers.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    a = transformers.LlamaForCausalLM(cfg).double()
+    binding = bind(a, discovered=llama_algebra, example=case.batch(0)[1])
+    rope = [f for f in binding.families if f.kind == "plane"]
+    assert len(rope) == 1 and rope[0].units == 8  # 2 kv heads × 4 planes of d_head 8
+    assert any("does not fit this model" in r.reason and "v_proj" in r.reason for r in binding.refusals)
+    b = copy.deepcopy(a)
+    case.transform(b, 11)
+    oa = DDCAdam(a.parameters(), binding=binding, lr=1e-2, weight_decay=0.1)
+    ob = DDCAdam(b.parameters(), binding=binding.rebind(b), lr=1e-2, weight_decay=0.1)
+    worst = 0.0
+    for t in range(6):
+        args, kwargs = case.batch(100 + t)
+        for model, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            case.loss(model, args, kwargs).backward()
+            opt.step()
+        image = copy.deepcopy(a)
+        case.transform(image, 11)
         num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
         den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
         worst = max(worst, math.sqrt(num / den))

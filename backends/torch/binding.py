@@ -446,12 +446,29 @@ def _bind_discovered(inner: nn.Module, prefix: str, alg, specs: Sequence[GaugeSp
                          "parameters): bind it with gaugemath.discovery.backend.torch_binding(alg, model, names)")
     chosen, families = discovered_specs(alg, "torch")
     refusals = [Refusal("discovered", s.family, s.reason) for s in support(alg) if not s.backend]
-    frozen = {n for n, p in _named(inner).items() if not p.requires_grad}
+    if check and example is None and not hasattr(inner, "example_inputs"):
+        raise GaugeError("bind", type(inner).__name__, "a discovered gauge is checked on the model: pass "
+                         "example=(inputs) (and loss=...), or check=False to bind it unchecked")
+    if any(families[s.family].kind == "plane" for s in chosen) and (example is not None or
+                                                                    hasattr(inner, "example_inputs")):
+        chosen = _planes_from_graph(inner, chosen, families, example, loss)
+    named = _named(inner)
+    shapes = {n: tuple(p.shape) for n, p in named.items()}
+    frozen = {n for n, p in named.items() if not p.requires_grad}
     keep = []
-    for s in chosen:  # as bind() does for detected families: a frozen parameter cannot move along the orbit
-        hit = sorted({v.param if isinstance(v, TensorView) else v for v in s.roles.values()} & frozen)
-        (refusals.append(Refusal(s.family, s.name, f"{hit[0]} is frozen (requires_grad=False)")) if hit
-         else keep.append(s))
+    for s in chosen:  # each family must fit this model (a wider one may group heads otherwise) and move freely
+        params = {v.param if isinstance(v, TensorView) else v for vs in s.roles.values()
+                  for v in (vs if isinstance(vs, list) else [vs])}
+        hit = sorted(params & frozen)
+        if hit:
+            refusals.append(Refusal(s.family, s.name, f"{hit[0]} is frozen (requires_grad=False)"))
+            continue
+        try:
+            resolve([s], shapes, families)
+        except GaugeError as e:
+            refusals.append(Refusal(s.family, s.name, f"does not fit this model: {e.reason}"))
+            continue
+        keep.append(s)
     if not keep:
         raise GaugeError("bind", alg.layer.name, "no discovered family can be bound: "
                          + "; ".join(str(r) for r in refusals))
@@ -460,13 +477,41 @@ def _bind_discovered(inner: nn.Module, prefix: str, alg, specs: Sequence[GaugeSp
     binding.frames = frames
     if frames != "balanced":
         check_balance_frames(binding.families)
-    if check:
-        if example is None and not hasattr(inner, "example_inputs"):
-            raise GaugeError("bind", type(inner).__name__, "a discovered gauge is checked on the model: pass "
-                             "example=(inputs) (and loss=...), or check=False to bind it unchecked")
+    if check:  # a family that is not a symmetry of this model is refused with the measured reason
         args, kwargs = _example(inner, example)
-        binding = check_binding(inner, binding, [], args, kwargs, target_of(loss), seed, strict=True, prefix=prefix)
+        binding = check_binding(inner, binding, keep, args, kwargs, target_of(loss), seed, prefix=prefix,
+                                families=families)
+        if not binding.families:
+            raise GaugeError("bind", alg.layer.name, "no discovered family is a symmetry of this model: "
+                             + "; ".join(str(r) for r in binding.refusals))
     return binding
+
+
+def _planes_from_graph(inner: nn.Module, chosen: list[GaugeSpec], families: dict, example, loss) -> list[GaugeSpec]:
+    """Discovered RoPE plane families with the pairing and head grouping of *this* model: at the small width a
+    family was discovered at, a head of two dims cannot tell interleaved pairs ``(2k, 2k+1)`` from
+    ``rotate_half``'s ``(j, j + d/2)``, nor one head from a group sharing a key head. The binder's detector reads
+    both off this model's graph (row views of ``q`` and ``k``); a discovered plane family on the same two
+    parameters takes them. The model check then decides, as for any binding."""
+    detected = [s for s in detect(inner, example, loss=loss) if s.family == "head_rotation.rope"]
+    out = []
+    for s in chosen:
+        fam = families[s.family]
+        roles = [sl.role for sl in fam.slices]
+        if fam.kind != "plane" or len(roles) != 2:
+            out.append(s)
+            continue
+        mine = [s.roles[r] for r in roles]
+        for d in detected:
+            views = {r: list(d.roles[r]) if isinstance(d.roles[r], (list, tuple)) else [d.roles[r]]
+                     for r in ("W_Q", "W_K")}
+            q, k = ({v.param if isinstance(v, TensorView) else v for v in views[r]} for r in ("W_Q", "W_K"))
+            if [{mine[0]}, {mine[1]}] in ([q, k], [k, q]):
+                first, second = ("W_Q", "W_K") if {mine[0]} == q else ("W_K", "W_Q")
+                s = replace(s, roles={roles[0]: views[first], roles[1]: views[second]})
+                break
+        out.append(s)
+    return out
 
 
 def reindexed(f: BoundFamily, mapping: dict[int, int]) -> BoundFamily:

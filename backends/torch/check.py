@@ -52,9 +52,10 @@ def _change(new: list[Tensor], ref: list[Tensor]) -> float:
 
 
 def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwargs: dict, target: Callable,
-                  seed: int = 0, strict: bool = False, prefix: str = ""):
+                  seed: int = 0, strict: bool = False, prefix: str = "", families: dict | None = None):
     """The binding with every family that fails a check removed (and listed in ``refusals``);
-    ``strict`` (explicit specs): raise a :class:`GaugeError` for the first failure instead."""
+    ``strict`` (explicit specs): raise a :class:`GaugeError` for the first failure instead. ``families``: the
+    family table the specs name (default the generated catalogue; discovered families add their own)."""
     from .._compose import spec_of_family
     from .binding import _build, _named
 
@@ -145,11 +146,11 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
     keep = [s for s in specs if all(s is not b for b in bad_specs)]
     refusals = list(binding.refusals) + [
         Refusal(next(f.family.gauge for f in fams if f.name == n), n, r) for n, r in bad_names.items()]
-    rebuilt = _build(model, keep, prefix)
+    rebuilt = _build(model, keep, prefix, families)
     rebuilt.frames = binding.frames
     rebuilt.refusals = refusals
     if rebuilt.families:
-        return check_binding(model, rebuilt, keep, args, kwargs, target, seed, strict, prefix)
+        return check_binding(model, rebuilt, keep, args, kwargs, target, seed, strict, prefix, families)
     return rebuilt
 
 
