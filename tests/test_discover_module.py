@@ -163,6 +163,7 @@ def _block_transform(m: _BlockLM, gen: torch.Generator) -> None:
         m.head.bias.add_(torch.randn((), generator=gen, dtype=torch.float64))
 
 
+@pytest.mark.slow  # ~45 s; the HF Llama tests below cover the same families in the default suite
 def test_one_block_transformer_from_the_reference_code_binds_at_full_width():
     """The catalogue's families of a transformer block re-discovered from its torch code (d = d_ff = 2, one
     head, 3 positions; measured 30 s on 2 cores): norm gains, the SwiGLU rescale, the RoPE plane rotation, the
