@@ -26,6 +26,12 @@ from gaugemath.discovery.from_torch import module_layer
 from gaugemath.models.torch_models import Block
 
 
+def _gap(b: nn.Module, image: nn.Module) -> float:
+    """``‖θ_B − g·θ_A‖ / ‖g·θ_A‖`` over every parameter (ddc.md's protocol measure; ``image`` = g·(run A))."""
+    num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
+    return math.sqrt(num / sum(float(q.detach().pow(2).sum()) for q in image.parameters()))
+
+
 def _discovered(m):
     return discover(m.factory, widths=m.widths, example=m.example, loss=m.loss)
 
@@ -92,9 +98,7 @@ def test_bound_at_full_width_and_trained_equivariantly(m, algebras):
                     losses.append(float(loss.detach()))
             image = copy.deepcopy(ma)
             m.transform(image, torch.Generator().manual_seed(5))
-            num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(mb.parameters(), image.parameters()))
-            den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
-            worst = max(worst, math.sqrt(num / den))
+            worst = max(worst, _gap(mb, image))
         return worst, losses
 
     def ddc(model):
@@ -198,9 +202,7 @@ def test_one_block_transformer_from_the_reference_code_binds_at_full_width():
             opt.step()
         image = copy.deepcopy(a)
         _block_transform(image, torch.Generator().manual_seed(4))
-        num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
-        den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
-        worst = max(worst, math.sqrt(num / den))
+        worst = max(worst, _gap(b, image))
     assert worst < 1e-12, worst
 
 
@@ -518,9 +520,7 @@ def test_hugging_face_llama_discovered_from_its_own_code(llama_algebra):
             opt.step()
         image = copy.deepcopy(a)
         transform(image, 5)
-        num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
-        den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
-        worst = max(worst, math.sqrt(num / den))
+        worst = max(worst, _gap(b, image))
     assert worst < 1e-12, worst
 
 
@@ -555,7 +555,5 @@ def test_discovered_llama_binds_on_the_third_party_llama_with_gqa_and_rotate_hal
             opt.step()
         image = copy.deepcopy(a)
         case.transform(image, 11)
-        num = sum(float((p - q).detach().pow(2).sum()) for p, q in zip(b.parameters(), image.parameters()))
-        den = sum(float(q.detach().pow(2).sum()) for q in image.parameters())
-        worst = max(worst, math.sqrt(num / den))
+        worst = max(worst, _gap(b, image))
     assert worst < 1e-12, worst

@@ -105,13 +105,15 @@ def support(alg: LieAlgebra) -> list[Support]:
 
 def bindable(alg: LieAlgebra) -> LieAlgebra:
     """The sub-algebra of the families :func:`support` accepts (what ``bind(model, discovered=alg)`` binds)."""
-    ok = [g for f, s in zip(alg.families, support(alg)) if s.backend for g in f.members]
+    def supported(a: LieAlgebra) -> list[int]:
+        return sorted(g for f, s in zip(a.families, support(a)) if s.backend for g in f.members)
+
+    ok = supported(alg)
     if not ok:
         raise GaugeError(alg.layer.name, None, "no discovered family can be applied by the backends: "
                          + "; ".join(str(s) for s in support(alg)))
-    sub = alg.subalgebra(sorted(ok))
-    sub.instances = [inst.subalgebra(sorted(g for f, s in zip(inst.families, support(inst)) if s.backend
-                                            for g in f.members)) for inst in (alg.instances or [alg])]
+    sub = alg.subalgebra(ok)
+    sub.instances = [sub if inst is alg else inst.subalgebra(supported(inst)) for inst in (alg.instances or [alg])]
     return sub
 
 
