@@ -41,6 +41,7 @@ class DDCAdamState(NamedTuple):
     vertical: tuple
     momentum: Any = ()  # ddc_muon: one momentum buffer per Muon leaf (tuple, in leaf order)
     pivots: tuple = ()  # per plane family (in the optimizer's family order) its anchor columns, int32 (-1: none)
+    balance: tuple = ()  # per coupled scale family (JointBalance.coupled order) last step's log-scales (NaN: none)
 
 
 def newton_schulz(g, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps: float = 1e-7,
@@ -175,7 +176,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                         for i, p in enumerate(paths) if p in _muon["paths"])
         pivots = tuple(jnp.full((f.units,), -1, jnp.int32) for f in fams if f.kind == "plane")
         return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert, mom,
-                            pivots)
+                            pivots, no_warm_start())
+
+    def no_warm_start() -> tuple:
+        """The joint balance's start before any step (NaN: the per-unit closed form starts there)."""
+        work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+        return tuple(jnp.full((balance.families[k].units,), jnp.nan, work) for k in balance.coupled) \
+            if balance is not None else ()
 
     def update(grads, state, params=None):
         if params is None:
@@ -236,12 +243,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
             new_m[i], new_v[i] = m, v
             updates[i] = (-alr * u).astype(p.dtype)
         held = state.pivots or tuple(jnp.full((fams[f].units,), -1, jnp.int32) for f in planes)  # (older states)
-        new_vert, new_pivots = state.vertical, held
+        warm = state.balance or no_warm_start()
+        new_vert, new_pivots, new_warm = state.vertical, held, warm
         if idx:
             bufs = [state.momentum[muon_pos[i]] if i in muon_pos else None for i in idx]
-            steps, ms, vs, new_vert, bufs, converged, new_pivots = _ddc_step(
+            steps, ms, vs, new_vert, bufs, converged, new_pivots, new_warm = _ddc_step(
                 [p_leaves[i] for i in idx], [g_leaves[i] for i in idx], [m_leaves[i] for i in idx],
-                [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd, held)
+                [v_leaves[i] for i in idx], state.vertical, t, lr, bufs, alr, awd, held, warm)
             for i, buf in zip(idx, bufs):
                 if i in muon_pos:
                     new_mom[muon_pos[i]] = buf
@@ -268,13 +276,14 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         new_mom = tuple(keep(a, b) for a, b in zip(new_mom, state.momentum))
         unflat = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
         new_pivots = tuple(keep(a, b) for a, b in zip(new_pivots, held))
+        new_warm = tuple(keep(a, b) for a, b in zip(new_warm, warm))
         new_state = DDCAdamState(jnp.where(finite, count, state.count), unflat(new_m), unflat(new_v), new_vert,
-                                 new_mom, new_pivots)
+                                 new_mom, new_pivots, new_warm)
         return unflat(updates), new_state
 
     planes = [f for f, fam in enumerate(fams) if fam.kind == "plane"]
 
-    def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd, held):
+    def _ddc_step(params, grads, ms, vs, vert_state, t, lr, bufs, alr, awd, held, warm):
         muon_lr = lr
         if _muon is not None:  # the step is −ref (u + λθ̃): ref = lr, or while lr = 0 (a warmup) adam_lr (or 1)
             lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
@@ -290,7 +299,12 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                              f"match the binding's RoPE planes {[(fams[f].units,) for f in planes]} (a state of "
                              "another binding or version)")
         pivots = dict(zip(planes, held))
-        theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad, pivots)
+        want = [(balance.families[k].units,) for k in balance.coupled] if balance is not None else []
+        if [tuple(w.shape) for w in warm] != want:
+            raise GaugeError("ddc", "<state>", f"the state's balance warm start {[tuple(w.shape) for w in warm]} does "
+                             f"not match the binding's coupled scale families {want} (a state of another binding)")
+        start = {"logs": warm}
+        theta, grad, frames, masks, converged = canonicalise(fams, theta, lay, balance, grad, pivots, start)
         fact = projector.factor(theta, masks)
 
         def off(f, c):  # vertical coordinates of degenerate units: none
@@ -355,7 +369,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
                 step = sync(lay, step, fam.act(h, step, inverse=True))
         back = lambda xs: [x if x is None else from_work(lay, k, x) for k, x in enumerate(xs)]  # noqa: E731
         return (back(step[:n]), back(new_ms), back(new_vs), (tuple(new_vert) if vertical == "adam" else vert_state),
-                back(new_bufs), converged, tuple(pivots[f] for f in planes))
+                back(new_bufs), converged, tuple(pivots[f] for f in planes), start["logs"])
 
     def _vertical_adam(fam, gram, c, mv, bc1, bc2, sd):
         if fam.kind == "head":
