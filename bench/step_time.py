@@ -22,12 +22,14 @@ steps of one optimizer never touch another's parameters:
   and reported in seconds.
 
 All use ``lr=1e-4``, ``weight_decay=0.1``, default betas/eps. After ``--warmup`` steps (state
-allocated, caches warm), ``--steps`` steps are timed one by one with ``time.perf_counter``
-(``torch.cuda.synchronize()`` before and after each step on CUDA; an optimizer's timing stops early
-after ``--max-seconds`` of timed steps, at least 3). Reported: the median ms/step,
-the interquartile range, and the median ratios against the two AdamW variants. The last lines,
-``ratio DDCAdam/AdamW(foreach) = x.xx``, ``ratio DDCAdam/AdamW(fused) = y.yy`` (when fused AdamW runs)
-and with ``--compile`` ``ratio compiled DDCAdam/AdamW(fused) = z.zz``, are meant for ``grep``.
+allocated, caches warm), ``--steps`` rounds are timed, each one step of every optimizer in turn, with
+``time.perf_counter`` (``torch.cuda.synchronize()`` before and after each step on CUDA; timing stops
+early after ``--max-seconds`` of timed DDCAdam steps, at least 3 rounds). Interleaving keeps a change in
+the machine's load from reaching one optimizer only. Reported: the median ms/step, the interquartile
+range, and the ratios against the two AdamW variants. The last lines, ``ratio DDCAdam/AdamW(foreach) =
+x.xx`` and ``ratio DDCAdam/AdamW(fused) = y.yy`` (when fused AdamW runs: the median over rounds of the
+ratio within a round), and with ``--compile`` ``ratio compiled DDCAdam/AdamW(fused) = z.zz``, are meant
+for ``grep``.
 ``--profile`` additionally runs ``torch.profiler`` over 5 ``DDCAdam`` steps and prints
 the top operators by self time.
 
@@ -202,7 +204,9 @@ def bench_compiled(reference: nn.Module, args: argparse.Namespace, device: torch
     return Result("DDCAdam(compiled)", times, note=f"first call (compilation) {compile_s:.0f} s")
 
 
-def bench(kind: str, reference: nn.Module, args: argparse.Namespace, device: torch.device) -> Result:
+def prepare(kind: str, reference: nn.Module, args: argparse.Namespace, device: torch.device):
+    """``(optimizer.step, note)`` on its own copy of the model, or ``(None, reason)`` where fused AdamW is
+    unavailable on this device/dtype."""
     model = clone_with_grads(reference)
     try:
         opt = make_optimizer(kind, model, args)
@@ -214,10 +218,43 @@ def bench(kind: str, reference: nn.Module, args: argparse.Namespace, device: tor
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"fused: unavailable ({reason})")
-        return Result(kind, [], note=reason)
-    warmup = max(args.warmup - 1, 0) if kind == "AdamW(fused)" else args.warmup
-    times = time_steps(opt.step, args.steps, warmup, device, args.max_seconds)
-    return Result(kind, times, note="" if len(times) == args.steps else f"{len(times)} steps (--max-seconds)")
+        return None, reason
+    return opt.step, ""
+
+
+def bench_interleaved(kinds: tuple[str, ...], reference: nn.Module, args: argparse.Namespace,
+                      device: torch.device) -> dict[str, Result]:
+    """Time the optimizers in rounds, one step of each per round, so that a change in the machine's load
+    (this box is shared) reaches every optimizer alike and the per-round ratios stay comparable."""
+    steps, results = {}, {}
+    for kind in kinds:
+        step, note = prepare(kind, reference, args, device)
+        if step is None:
+            results[kind] = Result(kind, [], note=note)
+        else:
+            steps[kind] = step
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    sync(device)
+    times: dict[str, list[float]] = {kind: [] for kind in steps}
+    for _ in range(args.steps):
+        for kind, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[kind].append((time.perf_counter() - t0) * 1e3)
+        if len(times["DDCAdam"]) >= 3 and sum(times["DDCAdam"]) > args.max_seconds * 1e3:
+            break
+    for kind, ts in times.items():
+        results[kind] = Result(kind, ts, note="" if len(ts) == args.steps else f"{len(ts)} steps (--max-seconds)")
+    return {kind: results[kind] for kind in kinds}
+
+
+def round_ratio(a: Result, b: Result) -> float:
+    """The median over rounds of ``a``'s step time over ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(a.times_ms, b.times_ms))
 
 
 def profile_ddc(reference: nn.Module, args: argparse.Namespace, device: torch.device, steps: int = 5) -> None:
@@ -266,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lr={LR}, weight_decay={WEIGHT_DECAY}; {args.warmup} warmup + {args.steps} timed steps each")
     del binding
 
-    results = {kind: bench(kind, reference, args, device) for kind in ("AdamW(foreach)", "AdamW(fused)", "DDCAdam")}
+    results = bench_interleaved(("AdamW(foreach)", "AdamW(fused)", "DDCAdam"), reference, args, device)
     if args.compile:
         results["DDCAdam(compiled)"] = bench_compiled(reference, args, device)
     foreach, fused = results["AdamW(foreach)"], results["AdamW(fused)"]
@@ -282,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_ddc(reference, args, device)
     print()  # one line each, for grep (issue 18's targets: eager ≤ 2.0× foreach, compiled ≤ 3.0× fused)
-    ddc = results["DDCAdam"].median
-    print(f"ratio DDCAdam/AdamW(foreach) = {ddc / foreach.median:.2f}")
+    ddc = results["DDCAdam"]
+    print(f"ratio DDCAdam/AdamW(foreach) = {round_ratio(ddc, foreach):.2f}")
     if fused.times_ms:
-        print(f"ratio DDCAdam/AdamW(fused) = {ddc / fused.median:.2f}")
+        print(f"ratio DDCAdam/AdamW(fused) = {round_ratio(ddc, fused):.2f}")
     if args.compile and results["DDCAdam(compiled)"].times_ms:
         base = fused if fused.times_ms else foreach
         print(f"ratio compiled DDCAdam/{base.name} = {results['DDCAdam(compiled)'].median / base.median:.2f}")

@@ -571,35 +571,39 @@ class DDCAdam(torch.optim.Optimizer):
         coef_g = proj.solve(fact, _stack(_per_family(batches, rhs_g, len(fams))))
         for b in batches:  # g̃ is not needed again: make it horizontal in place
             b.family.lift(b.join([coef_g[f][..., 0] for f in b.members]), theta, grad, alpha=-1.0)
-        if path != "triton" and self._fused_adam(params, states, work):
-            u_flat, u, bc1, bc2 = self._adam_into(group, states, grad[:n], layout, work)
-            u = u if layout is not None else entries(lay, u)
+        # 3–4. δ = u + λθ̃ (per-tensor λ: u + λ ⊙ θ̃), then its horizontal part (one factorisation, the Schur
+        # solves' right-hand sides: c_δ, and c_θ where the vertical channel needs it)
+        if path != "triton" and self._fused_adam(params, states, work):  # Adam adds u onto λθ̃ in one pass
+            if decays is not None:  # λ ⊙ θ̃ is formed already (per-tensor decays run unbatched: layout None)
+                start, scale = decayed[:n], None
+            else:
+                start, scale = (theta_flat if layout is not None else theta[:n]), wd
+            delta_flat, delta, bc1, bc2 = self._adam_into(group, states, grad[:n], layout, work, start, scale)
+            delta = delta if layout is not None else entries(lay, delta)
         else:
             u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
                                                 fused=path == "triton")
-            if layout is not None:  # one pass: copy (and cast) u into its work buffer
-                u_flat, u = layout.buffer(u, work)
+            u = [x if x.dtype == work else x.to(work) for x in u]
+            if decays is not None:
+                delta = entries(lay, torch._foreach_add(u, decayed[:n]))
             else:
-                u = entries(lay, [x if x.dtype == work else x.to(work) for x in u])
-        # 4. horizontal parts of u and θ̃ (one factorisation, two right-hand sides)
-        rhs = _stack(_per_family(batches, [_off(b, m, b.family.coords(theta, u)) for b, m in zip(batches, masks)],
-                                 len(fams)), c_theta)
-        coef = proj.solve(fact, rhs)
-        if decays is not None:  # δ = u + λ ⊙ θ̃
-            delta = entries(lay, torch._foreach_add(u[:n], decayed[:n]))
-        elif layout is None:
-            delta = entries(lay, torch._foreach_add(u[:n], theta[:n], alpha=wd))
-        else:  # u is not needed again: δ = u + λθ̃ in its buffer
-            delta_flat, delta = u_flat.add_(theta_flat, alpha=wd), u
+                delta = entries(lay, torch._foreach_add(u, theta[:n], alpha=wd))
+            if layout is not None:  # one pass: δ into its work buffer (the layer stacks are views of it)
+                delta_flat, delta = layout.buffer(delta[:n], work)
+        columns = [_per_family(batches, [_off(b, m, b.family.coords(theta, delta)) for b, m in zip(batches, masks)],
+                               len(fams))]
+        if vertical != "freeze":
+            columns.append(c_theta)
+        coef = proj.solve(fact, _stack(*columns))
         for b in batches:
-            cu, cg = b.join([coef[f] for f in b.members]), b.join([coef_g[f] for f in b.members])
-            a = -(cu[..., 0] + wd * cu[..., 1])  # −(c_u + λ c_θ): makes u + λθ̃ horizontal
+            cd, cg = b.join([coef[f] for f in b.members]), b.join([coef_g[f] for f in b.members])
+            a = -cd[..., 0]  # −c_δ: makes δ = u + λθ̃ horizontal
             if vertical == "sgd":
-                a = a + cg[..., 0] + wd * cu[..., 1]
+                a = a + cg[..., 0] + wd * cd[..., 1]
             elif vertical == "adam":
                 a = a + b.join([self._vertical_adam(states[0], f, fams[f], coef_g[f][..., 0], fact, b1, b2, bc1, bc2,
                                                     veps, sdtype) for f in b.members])
-                a = a + wd * cu[..., 1]
+                a = a + wd * cd[..., 1]
             b.family.lift(a, theta, delta)
         # 5. the step Δθ̃ = −lr·δ, mapped back as a tangent vector, Δθ = D(h)⁻¹Δθ̃ (the linear part of the
         # inverse frames, in reverse order: a translation's is the identity), added to θ itself: θ' = θ + Δθ.
@@ -652,26 +656,33 @@ class DDCAdam(torch.optim.Optimizer):
                 and hasattr(torch, "_fused_adamw_") and all(st["exp_avg"].dtype == work for st in states))
 
     def _adam_into(self, group: dict, states: list[dict], grad_h: list[Tensor], layout: Layout | None,
-                   work: torch.dtype) -> tuple[Tensor | None, list[Tensor], float, float]:
-        """Step 3 in one fused pass: torch's fused AdamW kernel on zeros with ``lr = −1`` and no decay leaves
-        ``0 − (−1)·m̂/(√v̂ + ε) = u`` in them (and the moments updated in place), instead of six foreach
-        passes and a copy of ``u`` into its buffer (``layout``: one flat buffer and its views; ``None``: a
-        tensor per parameter). The kernel's formula is Adam's (``m ← β₁m + (1−β₁)g``,
-        ``v ← β₂v + (1−β₂)g²``, ``u = (m/bc₁)/(√v/√bc₂ + ε)``), its rounding may differ from the foreach
-        form in the last place; both runs of an equivariance test take the same kernel."""
+                   work: torch.dtype, start: Tensor | list[Tensor], scale: float | None
+                   ) -> tuple[Tensor | None, list[Tensor], float, float]:
+        """Step 3 in one fused pass, onto the decay term: torch's fused AdamW kernel with ``lr = −1`` and no decay
+        adds ``m̂/(√v̂ + ε) = u`` to the buffer it is given as "parameters" and updates the moments in place. Given
+        ``λθ̃`` there it leaves ``δ = u + λθ̃`` (instead of zero-filling a buffer for ``u``, six foreach passes,
+        and a pass adding ``λθ̃``). ``start``: ``θ̃`` (its flat buffer where ``layout`` is given, else a tensor per
+        parameter), copied times ``scale`` into a new buffer; with ``scale=None``, a list of tensors written in
+        place (per-tensor decays: ``λ ⊙ θ̃``, formed by the caller). Returns ``(flat δ or None, δ per tensor (with
+        ``layout``: views of the flat buffer and its stacks), bc₁, bc₂)``. The kernel's formula is Adam's
+        (``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``u = (m/bc₁)/(√v/√bc₂ + ε)``), its rounding may differ
+        from the foreach form in the last place; both runs of an equivariance test take the same kernel."""
         (b1, b2), eps = group["betas"], group["eps"]
         for st in states:
             st["step"] += 1
         step = step_count(states[0])
-        if layout is not None:
-            u_flat = torch.zeros(layout.numel, dtype=work, device=grad_h[0].device)
-            u = layout.views(u_flat)
+        flat = None
+        if scale is None:
+            out = start
+        elif layout is not None:
+            flat = torch.mul(start, scale)
+            out = layout.views(flat)
         else:
-            u_flat, u = None, [torch.zeros_like(g, dtype=work) for g in grad_h]
-        torch._fused_adamw_(u[: len(grad_h)], grad_h, [st["exp_avg"] for st in states],
+            out = torch._foreach_mul(start, scale)
+        torch._fused_adamw_(out[: len(grad_h)], grad_h, [st["exp_avg"] for st in states],
                             [st["exp_avg_sq"] for st in states], [], [st["step"] for st in states], lr=-1.0,
                             beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
-        return u_flat, u, 1 - b1**step, 1 - b2**step
+        return flat, out, 1 - b1**step, 1 - b2**step
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the
