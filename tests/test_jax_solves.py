@@ -80,6 +80,12 @@ def _block_params(seed: int = 0):
     return params, specs
 
 
+@pytest.fixture(scope="module")
+def trained():
+    """(shared by the warm-start tests: one binding and one jitted-free run of 4 steps)"""
+    return _trained()
+
+
 def _trained(steps: int = 4):
     params, specs = _block_params()
     tx = gj.ddc_adam(1e-2, weight_decay=0.1, gauges=gj.bind(params, specs, check=False))
@@ -93,12 +99,12 @@ def _trained(steps: int = 4):
     return tx, params, state, g
 
 
-def test_jax_warm_start_is_only_a_starting_point():
+def test_jax_warm_start_is_only_a_starting_point(trained):
     """Newton starts from last step's log-scales (``DDCAdamState.balance``), but the frame is still the minimiser:
     a step from a corrupted warm start (+0.3, zeros), from none (NaN) or from a state made before the field
     existed (``balance=()``) gives the intact step. Bound (as torch's): Newton stops at the round-off floor, 64 ε
     in log-scale (balance.FLOOR), which the step inherits relative to ``θ``, times cond(Γ) ≤ 1e3."""
-    tx, params, state, g = _trained()
+    tx, params, state, g = trained
     assert state.balance and all(bool(jnp.all(jnp.isfinite(w))) and float(jnp.abs(w).max()) > 0
                                  for w in state.balance)
     intact = tx.update(g, state, params)[0]
@@ -110,10 +116,10 @@ def test_jax_warm_start_is_only_a_starting_point():
         assert worst <= 64 * EPS * 1e3 * scale, worst
 
 
-def test_jax_warm_start_is_state_and_is_checked():
+def test_jax_warm_start_is_state_and_is_checked(trained):
     """The warm start is carried in the state (a step from a copied state is the same step, bit for bit), and a
     state of another binding (another number of units) is refused naming it."""
-    tx, params, state, g = _trained()
+    tx, params, state, g = trained
     copied = jax.tree_util.tree_map(jnp.array, state)
     a, b = tx.update(g, state, params)[0], tx.update(g, copied, params)[0]
     assert all(bool(jnp.array_equal(a[n], b[n])) for n in params)
