@@ -91,7 +91,8 @@ def main() -> None:
                 vals = [r[m - 1] for r in runs]
                 cells.append(f"{statistics.fmean(vals):.3e} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1e}")
             print(f"{name:10s} {label:9s} " + " ".join(f"{c:>17s}" for c in cells))
-        print(f"{name:10s} teleport gain ‖∇L‖²: {statistics.fmean(gains):.2f} ± {statistics.stdev(gains):.2f}; "
+        sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        print(f"{name:10s} teleport gain ‖∇L‖²: {statistics.fmean(gains):.2f} ± {sd:.2f}; "
               f"loss change {max(dloss):.1e}; largest relative loss difference of the two runs in the 20 steps "
               f"after it: {max(early):.2e}, over the run: {max(diffs):.2e}")
 

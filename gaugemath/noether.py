@@ -40,6 +40,21 @@ def current(binding, theta: list[Tensor], direction: list[Tensor]) -> dict[str, 
     return {f.name: f.coords(th, d) for f in binding.families}
 
 
+def current_size(binding, theta: list[Tensor], direction: list[Tensor]) -> dict[str, Tensor]:
+    """``|X_k|ᵀ|direction|`` per family: the sum :func:`current` takes with every term replaced by its absolute value
+    (heads: ``|U||Θ|ᵀ + |Θ||U|ᵀ`` per head), the scale of a current's round-off."""
+    th = binding.entries(binding.to_work([t.detach().abs() for t in theta], torch.float64))
+    d = binding.entries(binding.to_work([t.detach().abs() for t in direction], torch.float64))
+    out = {}
+    for f in binding.families:
+        if f.kind == "head":
+            c = f._head_rows(d) @ f._head_rows(th).transpose(1, 2)
+            out[f.name] = c + c.transpose(1, 2)
+        else:
+            out[f.name] = f._abs_coords(th, d)
+    return out
+
+
 def adamw_metric_current(binding, theta: list[Tensor], exp_avg: list[Tensor], exp_avg_sq: list[Tensor], step: int,
                          lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
                          eps: float = 1e-8) -> dict[str, Tensor]:

@@ -80,8 +80,10 @@ def equilibrium(optimizer: str, lr: float, weight_decay: float, size: int, *, be
 
 def rows(*weights: Tensor) -> list[tuple[Tensor, Callable[[Tensor], Tensor]]]:
     """Rotational vectors "per filter" ([K]'s default granularity): every row of each weight matrix, as
-    ``(parameter, view)`` pairs; ``view(t)`` is the ``(units, size)`` matrix of a tensor shaped like it."""
-    return [(w, lambda t: t.reshape(t.shape[0], -1)) for w in weights]
+    ``(parameter, view)`` pairs; ``view(t)`` is the ``(units, size)`` matrix of a tensor shaped like it, a view of
+    its storage (``Tensor.view``: a weight whose rows are not contiguous, e.g. a channels-last convolution, raises
+    instead of being updated through a copy)."""
+    return [(w, lambda t: t.view(t.shape[0], -1)) for w in weights]
 
 
 class RotationMeter:
@@ -136,7 +138,11 @@ class RotationalWrapper(torch.optim.Optimizer):
 
     ``eta_r``: the angular update per step; by default :func:`equilibrium`'s for ``inner_kind`` (``"adamw"``,
     ``"sgdm"`` or ``"lion"``) with the group's current (scheduled) ``lr`` and ``weight_decay``. State per vector:
-    two scalars (``ν`` and ``n``), saved by :meth:`state_dict` with the inner optimizer's.
+    two scalars (``ν`` and ``n``) and the count of its updates (``ν``'s bias correction: a vector skipped at ``lr = 0``
+    or without a gradient is not counted), saved by :meth:`state_dict` under ``"rotational"`` next to the inner
+    optimizer's ``state`` and ``param_groups``. ``center=True`` is the seed's default (its weight-standardised
+    layers ignore a row's mean); on a layer that does not, the first step's centring changes the function, and
+    ``center=False`` keeps only the scale fixed.
     """
 
     def __init__(self, inner: torch.optim.Optimizer, vectors: Sequence[tuple[Tensor, Callable[[Tensor], Tensor]]],
@@ -158,12 +164,23 @@ class RotationalWrapper(torch.optim.Optimizer):
                 raise GaugeError("rotational", f"tensor {tuple(p.shape)}", "shares a param group with parameters "
                                  "that are not rotational vectors; put the rotational vectors in groups of their own")
         self._group_of = group_of
+        # torch.optim.Optimizer's bookkeeping (hooks, schedulers' patching), then the inner optimizer's groups and
+        # state themselves: the wrapper has no parameters or state of its own beyond ``rv``
+        self._ready = False
+        super().__init__([p for g in inner.param_groups for p in g["params"]], dict(inner.defaults))
         self.param_groups, self.defaults, self.state = inner.param_groups, inner.defaults, inner.state
-        self._hooks = {}  # (what torch.optim.Optimizer's step hooks expect to find)
+        self._ready = True
         self.rv = [{"norm": view(p.detach()).norm(dim=1).clone(),
-                    "nu": torch.zeros(view(p.detach()).shape[0], dtype=p.dtype, device=p.device)}
+                    "nu": torch.zeros(view(p.detach()).shape[0], dtype=p.dtype, device=p.device),
+                    "count": torch.zeros((), dtype=torch.int64)}
                    for p, view in self.vectors]
-        self.t = 0
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the inner optimizer (its parameters are not rotational vectors)."""
+        if not self._ready:  # (torch.optim.Optimizer.__init__ adds the initial groups: they are the inner's)
+            return
+        self.inner.add_param_group(param_group)
+        self._group_of = {id(p): g for g in self.inner.param_groups for p in g["params"]}
 
     def angular_update(self, group: dict) -> float:
         """``η̂_r`` for a param group: ``eta_r``, or :func:`equilibrium`'s with the group's ``lr`` and decay."""
@@ -196,7 +213,6 @@ class RotationalWrapper(torch.optim.Optimizer):
         finally:
             for key, g in groups.items():
                 g["weight_decay"] = decays[key]
-        self.t += 1
         for k in live:
             p, view = self.vectors[k]
             group = self._group_of[id(p)]
@@ -204,10 +220,11 @@ class RotationalWrapper(torch.optim.Optimizer):
             if lr == 0:
                 p.copy_(saved[k])
                 continue
+            st["count"] += 1
             delta = (view(p.detach()) - old) / lr
             delta = delta - ((delta * old).sum(1, keepdim=True) / (old * old).sum(1, keepdim=True)) * old
             st["nu"].mul_(self.beta).add_((delta * delta).sum(1), alpha=1 - self.beta)
-            nu_hat = st["nu"] / (1 - self.beta**self.t)
+            nu_hat = st["nu"] / (1 - self.beta ** int(st["count"]))
             new = old + (eta_r[id(group)] * st["norm"] / (nu_hat + self.eps).sqrt())[:, None] * delta
             if self.center:
                 new = new - new.mean(1, keepdim=True)
@@ -218,20 +235,24 @@ class RotationalWrapper(torch.optim.Optimizer):
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return {"inner": self.inner.state_dict(), "t": self.t,
-                "rotational": [{k: v.clone() for k, v in st.items()} for st in self.rv]}
+        """The inner optimizer's ``state_dict`` (``state``, ``param_groups``) plus ``"rotational"``: per vector its
+        ``norm``, ``nu`` and ``count`` (copies)."""
+        out = self.inner.state_dict()
+        out["rotational"] = [{k: v.clone() for k, v in st.items()} for st in self.rv]
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if len(state_dict["rotational"]) != len(self.rv):
-            raise GaugeError("checkpoint", "RotationalWrapper", f"{len(state_dict['rotational'])} rotational vectors "
-                             f"saved, {len(self.rv)} here")
-        for st, saved in zip(self.rv, state_dict["rotational"]):
+        saved = state_dict.get("rotational")
+        if saved is None or len(saved) != len(self.rv):
+            raise GaugeError("checkpoint", "RotationalWrapper", f"{0 if saved is None else len(saved)} rotational "
+                             f"vectors saved, {len(self.rv)} here")
+        for st, one in zip(self.rv, saved):
             for key in st:
-                if saved[key].shape != st[key].shape:
-                    raise GaugeError("checkpoint", "RotationalWrapper", f"'{key}' has shape "
-                                     f"{tuple(saved[key].shape)}, expected {tuple(st[key].shape)}")
-        self.inner.load_state_dict(state_dict["inner"])
+                if key not in one or one[key].shape != st[key].shape:
+                    got = tuple(one[key].shape) if key in one else None
+                    raise GaugeError("checkpoint", "RotationalWrapper", f"'{key}' missing or of shape {got}, "
+                                     f"expected {tuple(st[key].shape)}")
+        self.inner.load_state_dict({k: v for k, v in state_dict.items() if k != "rotational"})
         self.param_groups, self.state = self.inner.param_groups, self.inner.state
         self._group_of = {id(p): g for g in self.inner.param_groups for p in g["params"]}
-        self.rv = [{k: v.clone() for k, v in saved.items()} for saved in state_dict["rotational"]]
-        self.t = int(state_dict["t"])
+        self.rv = [{k: v.clone() for k, v in one.items()} for one in saved]

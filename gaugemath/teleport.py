@@ -27,13 +27,15 @@ averages, covectors (``m ← D^{-T} m``); second moments of a scaled coordinate 
 covector factor (``v ← (D^{-T})² v``, exact for the diagonal scalings; for a rotation there is no exact rule,
 so ``"teleport"`` refuses a non-trivial rotation when second moments are kept). A :class:`DDCAdam` keeps its
 moments in canonical coordinates, which ``g`` does not change: its state is already the teleported one, and
-``"teleport"`` leaves it. (So DDCAdam, being exactly equivariant, continues from ``g·θ`` as ``g`` times its
+``"teleport"`` leaves it (its joint balance's warm start, ``balance.<family>``, holds absolute log-scales, which a
+teleport shifts by ``−log g``; it is only Newton's starting point, run to the floor from any start). (So DDCAdam,
+being exactly equivariant, continues from ``g·θ`` as ``g`` times its
 run from ``θ``: teleporting never changes its losses; ``tests/test_teleport.py`` checks it.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,8 +93,9 @@ def _direction(fam, ghat: list[Tensor], weights: list[Tensor] | None) -> Tensor 
     """``∂F/∂δ`` at ``δ = 0`` for ``ĝ ← D(e^δ)^{-T} ĝ`` along the family's generators, per unit, in closed form
     (``F = Σ A ĝ²``): a scale unit multiplies its slices of exponent ``e`` by ``e^{−eδ}``, so ``−2(S₊ − S₋)`` with
     ``S_± = Σ A ĝ²`` over the slices of each sign; a RoPE plane rotates its row pairs, ``∂(ĝ₀, ĝ₁) = (ĝ₁, −ĝ₀)``,
-    so ``2Σ(A₀ − A₁)ĝ₀ĝ₁`` (zero for ``A = I``); a head's rows take ``e^S``, so the skew ``M − Mᵀ`` with
-    ``M = Σ_c (A ĝ)_{ic} ĝ_{jc}``. ``None``: translations (``D = I``: no gradient changes)."""
+    so ``2Σ(A₀ − A₁)ĝ₀ĝ₁`` (zero for ``A = I``); a head's rows take ``e^S``, so along the generator ``E_ij − E_ji``
+    the derivative ``2(M − Mᵀ)_{ij}`` with ``M = Σ_c (A ĝ)_{ic} ĝ_{jc}``. ``None``: translations (``D = I``: no
+    gradient changes)."""
     if fam.kind == "translate":
         return None
     w = weights if weights is not None else [None] * len(ghat)
@@ -113,7 +116,7 @@ def _direction(fam, ghat: list[Tensor], weights: list[Tensor] | None) -> Tensor 
         g = ghat[i].reshape(fam.units, fam.d_head, -1)
         ag = g if w[i] is None else g * w[i].reshape(fam.units, fam.d_head, -1)
         m = m + ag @ g.transpose(1, 2)
-    return m - m.transpose(1, 2)
+    return 2 * (m - m.transpose(1, 2))
 
 
 def _step_element(fam, direction: Tensor):
@@ -145,9 +148,38 @@ def _compose(fam, total, step):
     return step @ total
 
 
-def _second_moments(optimizer, p: Tensor) -> list[str]:
-    st = optimizer.state.get(p, {}) if optimizer is not None else {}
-    return [k for k in ("exp_avg_sq", "sum", "square_avg") if k in st]
+#: how each ``torch.optim`` state tensor moves with the parameters under ``state="teleport"``: a gradient average is
+#: a covector (``D^{-T}``); a squared-gradient average takes ``(D^{-T})²`` and a max of ``|g|`` ``|D^{-T}|`` (exact
+#: for the diagonal, positive scalings; rotations have no such rule); RMSprop's momentum holds ``g/√v``, which a
+#: scaling leaves as it is (up to its ``ε``: ``g/(s + ε)``, relative ``ε/s``). Any other state tensor shaped like
+#: its parameter is refused (no rule is known for it).
+STATE_RULES: dict[str, dict[str, str]] = {
+    "SGD": {"momentum_buffer": "covector"},
+    "Adam": {"exp_avg": "covector", "exp_avg_sq": "square", "max_exp_avg_sq": "square"},
+    "AdamW": {"exp_avg": "covector", "exp_avg_sq": "square", "max_exp_avg_sq": "square"},
+    "NAdam": {"exp_avg": "covector", "exp_avg_sq": "square"},
+    "RAdam": {"exp_avg": "covector", "exp_avg_sq": "square"},
+    "Adamax": {"exp_avg": "covector", "exp_inf": "covector"},
+    "Adagrad": {"sum": "square"},
+    "RMSprop": {"square_avg": "square", "grad_avg": "covector", "momentum_buffer": "invariant"},
+}
+
+
+def _state_plan(optimizer, params: list[Tensor], names: list[str], binding) -> dict[str, str]:
+    """``{state key: rule}`` for ``state="teleport"`` (:data:`STATE_RULES`), or a :class:`GaugeError` naming the
+    optimizer, parameter and key with no rule; checked before anything changes."""
+    kind = type(optimizer).__name__
+    rules = STATE_RULES.get(kind)
+    keys: dict[str, str] = {}
+    for n, p in zip(names, params):
+        for key, value in optimizer.state.get(p, {}).items():
+            if not isinstance(value, Tensor) or value.shape != p.shape:
+                continue  # step counts and other scalars do not move
+            if rules is None or key not in rules:
+                raise GaugeError(binding.gauge_of(p), n, f"state='teleport': no rule for {kind}'s state '{key}' "
+                                 f"under the group action (known: {sorted(STATE_RULES)}); use state='keep' or 'reset'")
+            keys[key] = rules[key]
+    return keys
 
 
 def teleport(model: nn.Module, binding, *, steps: int = 10, lr: float = 0.1, norm: str = "l2",
@@ -209,13 +241,15 @@ def teleport(model: nn.Module, binding, *, steps: int = 10, lr: float = 0.1, nor
             acc.append(st[key].detach())
         weights = binding.entries([(adagrad_eps + g).rsqrt() for g in binding.to_work(acc, dtype)])
     fams = binding.families
-    kept = [n for n, p in zip(names, params) if _second_moments(optimizer, p)]
-    if (state == "teleport" and optimizer is not None and not _is_ddc(optimizer) and kept and norm == "adagrad"
-            and any(f.kind in ("plane", "head") for f in fams)):
-        raise GaugeError("teleport", next(f.name for f in fams if f.kind in ("plane", "head")),
-                         f"state='teleport': second moments ({kept[0]}, ...) have no exact rule under a rotation, "
-                         "which norm='adagrad' moves; use state='keep' or 'reset', or norm='l2' (rotations do not "
-                         "change the L2 norm and stay the identity)")
+    plan = {}
+    if state == "teleport" and optimizer is not None and not _is_ddc(optimizer):
+        plan = _state_plan(optimizer, params, names, binding)
+        nonlinear = [k for k, rule in plan.items() if rule in ("square",) or k == "exp_inf"]
+        if nonlinear and norm == "adagrad" and any(f.kind in ("plane", "head") for f in fams):
+            raise GaugeError("teleport", next(f.name for f in fams if f.kind in ("plane", "head")),
+                             f"state='teleport': '{nonlinear[0]}' has no exact rule under a rotation, which "
+                             "norm='adagrad' moves; use state='keep' or 'reset', or norm='l2' (rotations do not "
+                             "change the L2 norm and stay the identity)")
     device = params[0].device
     work = binding.to_work([p.detach() for p in params], dtype)
     ghat_work = binding.to_work([p.grad.detach() for p in params], dtype)
@@ -252,21 +286,20 @@ def teleport(model: nn.Module, binding, *, steps: int = 10, lr: float = 0.1, nor
         if optimizer is not None and state == "reset":
             for p in params:
                 optimizer.state.pop(p, None)
-        elif optimizer is not None and state == "teleport" and not _is_ddc(optimizer):
-            for p in params:
-                st = optimizer.state.get(p, {})
-                covectors = [st[k] for k in ("exp_avg", "momentum_buffer") if k in st]
-                squares = [st[k] for k in _second_moments(optimizer, p)]
-                for move in moves:
+        elif plan:
+            for key, rule in plan.items():
+                if rule == "invariant":
+                    continue
+                tensors = [optimizer.state[p][key] if key in optimizer.state.get(p, {}) else torch.zeros_like(p)
+                           for p in params]
+                for move in moves:  # one action over every bound tensor per move and key
                     acting = [f for f, h in enumerate(move) if h is not None]
-                    for t in covectors:
-                        binding_act_one(binding, move, acting, params, p, t)
-                    # (D^{-T})², exact for the diagonal scalings; rotations move only under norm="adagrad", refused
-                    # above with second moments (under "l2" their ascent direction is round-off: left out here)
-                    scaled = [f for f in acting if fams[f].kind == "scale"]
-                    for t in squares:
+                    if rule == "covector":
+                        binding.act(move, tensors, covector=True, only=acting)
+                    else:  # (D^{-T})² on the scalings (under "l2" the rotations' steps are round-off: left out)
+                        scaled = [f for f in acting if fams[f].kind == "scale"]
                         for _ in range(2):
-                            binding_act_one(binding, move, scaled, params, p, t)
+                            binding.act(move, tensors, covector=True, only=scaled)
     loss_after = None
     if closure is not None:
         for p in params:
@@ -274,15 +307,6 @@ def teleport(model: nn.Module, binding, *, steps: int = 10, lr: float = 0.1, nor
         with torch.enable_grad():
             loss_after = float(closure().detach())
     return Teleport(history[0], history[-1], history, total, loss_before, loss_after)
-
-
-def binding_act_one(binding, element: list, acting: Sequence[int], params: list[Tensor], p: Tensor,
-                    t: Tensor) -> None:
-    """``t ← D(g)^{-T} t`` for a state tensor ``t`` of parameter ``p`` (zeros stand in for the other
-    parameters, whose covector entries a family's action on ``p`` does not read: the actions are diagonal
-    or rotate rows within one tensor)."""
-    tensors = [t if q is p else torch.zeros_like(q) for q in params]
-    binding.act(element, tensors, covector=True, only=acting)
 
 
 def _is_ddc(optimizer) -> bool:

@@ -58,9 +58,11 @@ def test_cg_schur_solve_equals_a_direct_solve_of_the_gram_matrix(seed, monkeypat
 
     rel = lambda x: np.abs(x - want).max() / np.abs(want).max()  # noqa: E731
     assert rel(solve()) <= bound, (rel(solve()), bound)
-    monkeypatch.setattr(projection, "MAX_CG", 1)
     ja, jb, je = jnp.asarray(d_a), jnp.asarray(d_b), jnp.asarray(e)
     apply = lambda x: ja[:, None] * x - je @ (projection._et(je, x) / jb[:, None])  # noqa: E731
+    r = jnp.asarray(r_a) - je @ (jnp.asarray(r_b) / jb[:, None])
+    assert bool(projection._pcg(apply, ja - (je * je) @ (1 / jb), r, EPS)[1])  # CG itself got there (no fallback)
+    monkeypatch.setattr(projection, "MAX_CG", 1)
     one, ok = projection._pcg(apply, ja - (je * je) @ (1 / jb), jnp.asarray(r_a), EPS)
     assert not bool(ok)
     assert rel(solve()) <= bound

@@ -221,3 +221,45 @@ def test_closed_form_ascent_is_autograd_ascent_on_a_hand_written_action():
     assert max(abs(a - b) / a for a, b in zip(want, got.history)) <= 64 * EPS * 12
     scale = linears[0].weight.detach() / w1_before  # the rows' factor e^{ξ_k}, read off the teleported weights
     assert float((scale.log() - xi[0][:, None]).abs().max()) <= 64 * EPS * 12
+
+
+def test_teleported_rmsprop_and_amsgrad_state_is_the_state_of_the_new_gradient():
+    """The rule per state key (``STATE_RULES``): one step at lr 0 from zero state leaves the state of this gradient
+    (RMSprop, centred, with momentum: ``square_avg``, ``grad_avg`` and ``momentum_buffer = g/(√(square_avg −
+    grad_avg²) + ε)``, a ratio a scaling leaves as it is up to ``ε``; AdamW with amsgrad: ``max_exp_avg_sq``).
+    Teleported, each equals the state a fresh optimizer has after the same step at the teleported point, from the
+    model's own gradient there. Bound: the protocol's fp64 bar, relative to the key's largest entry."""
+    case = next(c for c in CASES if c.name == "nanoGPT (flash)")
+    for make in (lambda ps: torch.optim.RMSprop(ps, lr=0.0, centered=True, momentum=0.9),
+                 lambda ps: torch.optim.AdamW(ps, lr=0.0, amsgrad=True)):
+        model, binding, closure = _prepared(case)
+        opt = make(model.parameters())
+        closure()
+        opt.step()  # lr 0: parameters stay, state is that of this gradient
+        teleport(model, binding, steps=6, lr=0.3, optimizer=opt, state="teleport")
+        fresh = make(model.parameters())
+        closure()
+        fresh.step()
+        for _, p in binding.params:
+            for key, value in opt.state[p].items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    want = fresh.state[p][key]
+                    bound = BAR * float(want.abs().max()) + 1e-300
+                    if key == "momentum_buffer":  # g/(s + ε) is scale-free only up to ε: |Δ| ≤ 2|buf| ε/s per entry
+                        st = fresh.state[p]
+                        s_ = (st["square_avg"] - st["grad_avg"] ** 2).clamp_min(0).sqrt()
+                        bound = bound + 2 * want.abs() * 1e-8 / s_.clamp_min(1e-300)
+                    assert bool(((value - want).abs() <= bound).all()), (type(opt).__name__, key)
+
+
+def test_state_without_a_rule_is_refused_before_anything_changes():
+    model, binding, closure = _prepared(_llama())
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    closure()
+    opt.step()
+    p0 = next(p for _, p in binding.params)
+    opt.state[p0]["custom"] = torch.zeros_like(p0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(GaugeError, match="no rule for AdamW's state 'custom'"):
+        teleport(model, binding, optimizer=opt, state="teleport")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

@@ -191,8 +191,9 @@ def _bmv(e: Tensor, y: Tensor) -> Tensor:
     """``torch.bmm(e, y)`` for a few right-hand sides, ``e (L, n, m)``, ``y (L, m, R)`` with small ``L·R``: in eager
     mode one matrix-vector product per layer and column (on CPU, ``bmm`` with ``R ≤ 2`` columns runs 4–13×
     slower than ``mv`` on the same bytes: 1.0–3.0 ms against 0.2–0.4 ms for ``6 × 256 × 1024`` fp32, measured
-    on the 2-core CI box); under ``torch.compile`` the ``bmm`` itself, which Inductor lowers as it likes."""
-    if torch.compiler.is_compiling() or e.shape[0] * y.shape[-1] > 64:
+    on the 2-core CI box); on other devices (one launch per product there; not measured) and under
+    ``torch.compile`` (which Inductor lowers as it likes) the ``bmm`` itself."""
+    if torch.compiler.is_compiling() or e.device.type != "cpu" or e.shape[0] * y.shape[-1] > 64:
         return torch.bmm(e, y)
     return torch.stack([torch.stack([torch.mv(e[i], y[i, :, r]) for r in range(y.shape[-1])], dim=-1)
                         for i in range(e.shape[0])])
@@ -201,7 +202,8 @@ def _bmv(e: Tensor, y: Tensor) -> Tensor:
 def _pcg(apply, diag: Tensor, r: Tensor, eps: float) -> Tensor | None:
     """Conjugate gradients for ``S x = r`` (``S`` symmetric positive definite, given by ``apply``), every
     column of ``r`` (``(…, n, R)``: a stack of systems) on its own, preconditioned by ``diag(S)``; ``None``
-    if some column has not reached ``‖r − S x‖ ≤ 16 ε ‖r‖`` after :data:`MAX_CG` iterations (``ε`` of the
+    if some column's recursively updated residual has not reached ``16 ε ‖r‖`` after :data:`MAX_CG` iterations
+    (the true residual ``‖r − S x‖`` then sits at the floor of the products, a few tens of ε) (``ε`` of the
     dtype ``S x`` is computed in: the floor of its products; or a curvature ``pᵀSp ≤ 0`` says ``S`` is not
     numerically positive definite). One host read per iteration (eager only).
 
