@@ -134,6 +134,7 @@ def test_wrong_explicit_spec_is_refused_and_without_the_loss_no_shift():
     assert any(r.gauge == "ce_shift" and "softmax" in r.reason for r in plain.refusals)
 
 
+@pytest.mark.slow  # 34 s on the 2-core CI box; the hand-written-gauge test above covers JAX binding by default
 def test_equinox_mlp_binds_and_ddc_adam_is_equivariant():
     """equinox's ``nn.MLP`` (``weight @ x + bias`` per example, batched by ``vmap``: the weight is the
     *left* operand of a ``dot_general``), a model library nobody here wrote."""
