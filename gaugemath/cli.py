@@ -203,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--seeds", type=int, default=None, help="override: seeds 0..N-1")
     p.add_argument("--optimizers", nargs="+", default=None,
-                   choices=["adamw", "ddcadam", "muon", "ddcmuon", "ddcadam[lognorm]"] + [
+                   choices=["adamw", "ddcadam", "muon", "ddcmuon", "rvadamw", "ddcadam[lognorm]"] + [
                        f"{o}[{f}]" for o in ("ddcadam", "ddcmuon") for f in ("balanced", "per_family")],
                    help="optimizers to compare; ddcadam[per_family] etc. choose the binding's frames, "
-                        "ddcadam[lognorm] DDCAdam(frame='lognorm') on the gauges it covers")
+                        "ddcadam[lognorm] DDCAdam(frame='lognorm') on the gauges it covers, rvadamw AdamW inside "
+                        "seed 004's Rotational Wrapper")
     p.add_argument("-o", "--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="override a config field, e.g. -o depth=8 -o modulus=113")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

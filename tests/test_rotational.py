@@ -113,3 +113,27 @@ def test_wrapper_state_resumes_and_bad_groups_are_refused():
     mixed = torch.optim.AdamW([w, other], lr=1e-2)
     with pytest.raises(GaugeError, match="groups of their own"):
         RotationalWrapper(mixed, rows(w))
+
+
+def test_experiments_rvadamw_arm_keeps_the_hidden_rows_on_their_spheres():
+    """``make_optimizer("rvadamw", …)`` (the experiments' arm): AdamW inside the wrapper with the rows of the hidden
+    matrices (``hidden_matrices``: every ``nn.Linear`` but the head) as vectors; after 3 steps of a GPT their norms
+    are the initial ones (8 ε, fp32) and the other parameters moved as AdamW moves them (changed)."""
+    from gaugemath.experiments._common import OptimizerConfig, hidden_matrices, make_optimizer
+    from gaugemath.models import tiny_gpt
+
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    mats = hidden_matrices(model)
+    norms = [m.detach().norm(dim=1).clone() for m in mats]
+    embed = model.embed.weight.detach().clone()
+    opt = make_optimizer("rvadamw", model, OptimizerConfig(lr=1e-2, weight_decay=0.1))
+    idx = torch.randint(0, model.vocab, (2, 9))
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(idx[:, :-1], idx[:, 1:]).backward()
+        opt.step()
+    eps = torch.finfo(torch.float32).eps
+    for m, n in zip(mats, norms):
+        assert float((m.detach().norm(dim=1) / n - 1).abs().max()) <= 8 * eps
+    assert not torch.equal(model.embed.weight.detach(), embed)

@@ -24,7 +24,7 @@ from torch import nn
 
 from gaugemath.backends.torch import DDCAdam, DDCMuon, bind
 
-OPTIMIZERS = ("adamw", "ddcadam", "muon", "ddcmuon")
+OPTIMIZERS = ("adamw", "ddcadam", "muon", "ddcmuon", "rvadamw")
 SCALES = ("cpu", "paper")
 
 
@@ -113,7 +113,8 @@ def parse_optimizer(name: str) -> tuple[str, str | None]:
 
 
 def make_optimizer(name: str, model: nn.Module, cfg: OptimizerConfig, binding=None, **ddc: Any):
-    """``adamw | ddcadam | muon | ddcmuon`` on ``model``, or a frame variant such as
+    """``adamw | ddcadam | muon | ddcmuon | rvadamw`` on ``model`` (``rvadamw``: AdamW inside the Rotational
+    Wrapper of seed 004, the rows of :func:`hidden_matrices` as rotational vectors), or a frame variant such as
     ``ddcadam[per_family]`` (:data:`VARIANTS`: the binding's ``frames``); the DDC ones bind ``model``'s
     gauges (``bind(model)`` unless ``binding`` is given with the variant's frames). ``ddc`` goes to
     DDCAdam/DDCMuon."""
@@ -129,6 +130,14 @@ def make_optimizer(name: str, model: nn.Module, cfg: OptimizerConfig, binding=No
         return DDCAdam(model.parameters(), binding=binding if binding is not None else bind(model), lr=cfg.lr,
                        betas=cfg.betas, weight_decay=cfg.weight_decay, **ddc)
     mats = hidden_matrices(model)
+    if name == "rvadamw":
+        from gaugemath.rotational import RotationalWrapper, rows
+
+        ids = {id(p) for p in mats}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        inner = torch.optim.AdamW([{"params": mats}, {"params": rest}], lr=cfg.lr, betas=cfg.betas,
+                                  weight_decay=cfg.weight_decay)
+        return RotationalWrapper(inner, rows(*mats), inner_kind="adamw")
     if name == "muon":
         ids = {id(p) for p in mats}
         rest = [p for p in model.parameters() if id(p) not in ids]
