@@ -28,34 +28,37 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from gaugemath.backends._balance import two_sided
 from gaugemath.errors import GaugeError
 
 
-def _units(fam) -> list[tuple[int, str]]:
-    return [(i, s.axis) for s, i in fam.members()]
+def _slice(t: Tensor, axis: str, k: int) -> Tensor:
+    """Unit ``k``'s slice of ``t``: row ``k`` (a bias: entry ``k``) or column ``k``."""
+    return t[k] if axis == "rows" else t[:, k]
 
 
-def _unit_slice(t: Tensor, axis: str, k: int) -> Tensor:
-    if axis == "rows":
-        return t[k]
+def _unit_peak(t: Tensor, axis: str) -> Tensor:
+    """Per unit, the largest ``|entry|`` of its slice of ``t``: ``(units,)``."""
+    t = t.abs()
     if axis == "cols":
-        return t[:, k]
-    return t
+        return t.amax(dim=0)
+    return t.reshape(t.shape[0], -1).amax(dim=1)
+
+
+def _rescalings(binding) -> list:
+    """The binding's two-sided scale families (the unit rescales and norm gains: a symmetric point to collapse to)."""
+    return [fam for fam in binding.families if two_sided(fam)]
 
 
 def collapsed(binding, tol: float = 1e-6) -> dict[str, Tensor]:
     """Per two-sided scale family of ``binding``, a boolean ``(units,)``: the units whose every slice (rows, columns,
     biases over all the family's tensors) has largest entry ``≤ tol`` — at the symmetric point to ``tol``."""
-    out = {}
     ents = binding.entries(binding.to_work([p.detach() for _, p in binding.params]))
-    for fam in binding.families:
-        if fam.kind != "scale" or {s.exponent > 0 for s in fam.family.slices} != {True, False}:
-            continue
+    out = {}
+    for fam in _rescalings(binding):
         small = torch.ones(fam.units, dtype=torch.bool)
-        for i, axis in _units(fam):
-            t = ents[i].abs()
-            peak = t.amax(dim=1) if axis == "rows" and t.dim() == 2 else t if axis == "rows" else t.amax(dim=0)
-            small &= peak.reshape(-1) <= tol
+        for s, i in fam.members():
+            small &= _unit_peak(ents[i], s.axis) <= tol
         out[fam.name] = small
     return out
 
@@ -65,30 +68,31 @@ def collapse_thresholds(model: nn.Module, binding, loss: Callable[[nn.Module], T
     """[Y] Eq. 20 per unit of every two-sided scale family: ``γ_k = max(0, (ℓ₀(θ, unit k zeroed) − ℓ₀(θ)) / ‖θ|_k‖²)``
     (``loss(model)``: ``ℓ₀`` on a fixed batch; ``‖θ|_k‖²`` over all the unit's slices). A coupled weight decay
     ``γ > γ_k`` in ``ℓ_γ = ℓ₀ + γ‖θ‖²`` makes zeroing unit ``k`` lower the loss. Units already at zero: ``inf``
-    (nothing to compare). ``model`` is restored."""
+    (nothing to compare). ``model`` is restored (bindings with transposed, permuted or row-view entries are
+    refused before anything is changed)."""
+    lay, params = binding.layout, [p for _, p in binding.params]
+    fams = _rescalings(binding)
+    for fam in fams:
+        for _, i in fam.members():
+            if i >= len(params) or lay.transpose[i] or lay.perms[i] is not None:
+                raise GaugeError(fam.family.gauge, fam.name, "collapse_thresholds takes bindings whose tensors "
+                                 "are bound as stored (no transposed, permuted or row-view entries)")
     base = float(loss(model))
-    params = [p for _, p in binding.params]
     out = {}
-    for fam in binding.families:
-        if fam.kind != "scale" or {s.exponent > 0 for s in fam.family.slices} != {True, False}:
-            continue
+    for fam in fams:
         gam = torch.full((fam.units,), float("inf"), dtype=torch.float64)
         for k in range(fam.units):
-            saved, mass = [], 0.0
-            for s, i in fam.members():
-                base_i = binding.layout.base(i)
-                p = params[base_i]
-                if binding.layout.transpose[base_i] or binding.layout.perms[base_i] is not None or i != base_i:
-                    raise GaugeError(fam.family.gauge, fam.name, "collapse_thresholds takes bindings whose tensors "
-                                     "are bound as stored (no transposed, permuted or row-view entries)")
-                sl = _unit_slice(p, s.axis, k)
-                saved.append((sl, sl.clone()))
-                mass += float((sl.double() ** 2).sum())
-                sl.zero_()
-            if mass > 0:
-                gam[k] = max(0.0, (float(loss(model)) - base) / mass)
-            for sl, value in saved:
-                sl.copy_(value)
+            slices = [_slice(params[i], s.axis, k) for s, i in fam.members()]
+            saved = [sl.clone() for sl in slices]
+            mass = sum(float((sl.double() ** 2).sum()) for sl in slices)
+            try:
+                for sl in slices:
+                    sl.zero_()
+                if mass > 0:
+                    gam[k] = max(0.0, (float(loss(model)) - base) / mass)
+            finally:
+                for sl, value in zip(slices, saved):
+                    sl.copy_(value)
         out[fam.name] = gam
     return out
 

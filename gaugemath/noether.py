@@ -30,21 +30,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gaugemath.errors import GaugeError
+
+
+def _entries(binding, tensors: list[Tensor], what: str, absolute: bool = False) -> list[Tensor]:
+    """The binding's work entries (fp64) of per-parameter ``tensors``, after checking there is one per bound
+    parameter, shaped like it (else a :class:`GaugeError` naming it)."""
+    if len(tensors) != len(binding.params):
+        raise GaugeError("noether", what, f"{len(tensors)} tensors given, the binding has {len(binding.params)} "
+                         "parameters (binding order)")
+    for (name, p), t in zip(binding.params, tensors):
+        if tuple(t.shape) != tuple(p.shape):
+            raise GaugeError(binding.gauge_of(p), name, f"{what}: shape {tuple(t.shape)}, the parameter's is "
+                             f"{tuple(p.shape)}")
+    return binding.entries(binding.to_work([t.detach().abs() if absolute else t.detach() for t in tensors],
+                                           torch.float64))
+
 
 def current(binding, theta: list[Tensor], direction: list[Tensor]) -> dict[str, Tensor]:
     """``⟨direction, X_k(θ)⟩`` per family (per unit; heads: the skew ``d_head × d_head`` block per head) for the
     binding's tensors ``theta`` and ``direction`` (binding order, stored layout): the charge current of a step
     ``direction = Δθ`` (Euclidean), or of ``P^{-1}Δθ`` (the metric current)."""
-    th = binding.entries(binding.to_work([t.detach() for t in theta], torch.float64))
-    d = binding.entries(binding.to_work([t.detach() for t in direction], torch.float64))
+    th, d = _entries(binding, theta, "theta"), _entries(binding, direction, "direction")
     return {f.name: f.coords(th, d) for f in binding.families}
 
 
 def current_size(binding, theta: list[Tensor], direction: list[Tensor]) -> dict[str, Tensor]:
     """``|X_k|ᵀ|direction|`` per family: the sum :func:`current` takes with every term replaced by its absolute value
     (heads: ``|U||Θ|ᵀ + |Θ||U|ᵀ`` per head), the scale of a current's round-off."""
-    th = binding.entries(binding.to_work([t.detach().abs() for t in theta], torch.float64))
-    d = binding.entries(binding.to_work([t.detach().abs() for t in direction], torch.float64))
+    th, d = _entries(binding, theta, "theta", True), _entries(binding, direction, "direction", True)
     out = {}
     for f in binding.families:
         if f.kind == "head":

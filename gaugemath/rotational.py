@@ -154,7 +154,7 @@ class RotationalWrapper(torch.optim.Optimizer):
             raise ValueError(f"inner_kind={inner_kind!r}: choose from {OPTIMIZERS}, or give eta_r")
         self.inner, self.vectors = inner, list(vectors)
         self.eta_r, self.inner_kind, self.beta, self.eps, self.center = eta_r, inner_kind, beta, eps, center
-        group_of = {id(p): g for g in inner.param_groups for p in g["params"]}
+        group_of = self._groups()
         mine = {id(p) for p, _ in self.vectors}
         for p, _ in self.vectors:
             if id(p) not in group_of:
@@ -180,7 +180,11 @@ class RotationalWrapper(torch.optim.Optimizer):
         if not self._ready:  # (torch.optim.Optimizer.__init__ adds the initial groups: they are the inner's)
             return
         self.inner.add_param_group(param_group)
-        self._group_of = {id(p): g for g in self.inner.param_groups for p in g["params"]}
+        self._group_of = self._groups()
+
+    def _groups(self) -> dict[int, dict]:
+        """``id(parameter) →`` its inner param group."""
+        return {id(p): g for g in self.inner.param_groups for p in g["params"]}
 
     def angular_update(self, group: dict) -> float:
         """``η̂_r`` for a param group: ``eta_r``, or :func:`equilibrium`'s with the group's ``lr`` and decay."""
@@ -254,5 +258,5 @@ class RotationalWrapper(torch.optim.Optimizer):
                                      f"expected {tuple(st[key].shape)}")
         self.inner.load_state_dict({k: v for k, v in state_dict.items() if k != "rotational"})
         self.param_groups, self.state = self.inner.param_groups, self.inner.state
-        self._group_of = {id(p): g for g in self.inner.param_groups for p in g["params"]}
+        self._group_of = self._groups()
         self.rv = [{k: v.clone() for k, v in one.items()} for one in saved]

@@ -123,3 +123,15 @@ def test_charge_drift_over_fixed_time_vanishes_with_the_step_for_gd_but_not_for_
     gd_ratio = drift(gd, 0.05, 8) / drift(gd, 0.1, 4)
     adam_ratio = drift(adam, 1e-3, 8) / drift(adam, 2e-3, 4)
     assert gd_ratio < 0.75 < adam_ratio, (gd_ratio, adam_ratio)
+
+
+def test_currents_refuse_tensors_that_are_not_the_bindings():
+    from gaugemath import GaugeError
+
+    _, model, binding = _llama()
+    params = [p.detach() for _, p in binding.params]
+    with pytest.raises(GaugeError, match="tensors given, the binding has"):
+        current(binding, params, params[:-1])
+    bad = [*params[:-1], params[-1].reshape(-1)[:-1]]
+    with pytest.raises(GaugeError, match="direction: shape"):
+        current(binding, params, bad)

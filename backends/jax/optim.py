@@ -178,10 +178,13 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         return DDCAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.copy, zeros), vert, mom,
                             pivots, no_warm_start())
 
+    def work_dtype():
+        """The canonical frame's dtype: ``canonical_dtype``, else fp64 under ``jax_enable_x64``, else fp32."""
+        return canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+
     def no_warm_start() -> tuple:
         """The joint balance's start before any step (NaN: the per-unit closed form starts there)."""
-        work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-        return tuple(jnp.full((balance.families[k].units,), jnp.nan, work) for k in balance.coupled) \
+        return tuple(jnp.full((balance.families[k].units,), jnp.nan, work_dtype()) for k in balance.coupled) \
             if balance is not None else ()
 
     def update(grads, state, params=None):
@@ -288,7 +291,7 @@ def ddc_adam(learning_rate: float | Callable, b1: float = 0.9, b2: float = 0.999
         if _muon is not None:  # the step is −ref (u + λθ̃): ref = lr, or while lr = 0 (a warmup) adam_lr (or 1)
             lr = jnp.where(muon_lr != 0, muon_lr, jnp.where(alr != 0, alr, 1.0))
         sd = _state_dtype(params[0].dtype)
-        work = canonical_dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+        work = work_dtype()
         n = len(params)
         theta = entries(lay, to_work(lay, params, work))
         grad = entries(lay, to_work(lay, grads, work))
