@@ -191,3 +191,18 @@ def test_adaptive_steps_leave_the_rank_deficient_set(optimizer):
         opt.step()
     m = _head_matrix(model.transformer.h[0], 1)
     assert float((n @ m).norm()) > 1e-4 * float(m.norm())
+
+
+def test_bind_refuses_only_the_rank_deficient_heads_and_names_the_unit():
+    """A model that has already lost a head direction (a trained model under decay can): bind() cannot check the
+    head frame there (undefined on a rank-deficient head, which the rotation does not fix), so it refuses that
+    layer's head rotation, naming the unit, and binds the other layer's — the composite check blames the family
+    whose addition breaks it, not the last one."""
+    case, model, _ = _nano()
+    _project(model.transformer.h[0], 1, torch.tensor([1.0] + [0.0] * (DH - 1), dtype=torch.float64))
+    binding = bind_case(case, model)
+    heads = [f.name for f in binding.families if f.kind == "head"]
+    assert heads == ["transformer.h.1.attn.c_attn"]
+    refused = [r for r in binding.refusals if r.gauge == "head_rotation"]
+    assert [r.where for r in refused] == ["transformer.h.0.attn.c_attn"]
+    assert "units [1] are degenerate" in refused[0].reason

@@ -123,16 +123,30 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
     # the composite canonical point, on the families that passed
     alive = [f for f in range(len(fams)) if f not in failures]
     worst_frame = 0.0
-    while alive:
+    def gap(families: list[int]) -> float:
         moved = [t.clone() for t in theta0]
-        binding.act(g, moved, only=alive)
-        a, b = _canonical(binding, theta0, alive), _canonical(binding, moved, alive)
-        worst_frame = max((_frame_gap(x, y) for x, y in zip(a, b)), default=0.0)
-        if worst_frame <= TOL:  # the frames run in fp64 whatever the target's dtype
-            break
-        last = alive.pop()
-        failures[last] = (f"the composite canonical frame is not equivariant with the families before it "
-                          f"(canonical points differ by {worst_frame:.1e})")
+        binding.act(g, moved, only=families)
+        a, b = _canonical(binding, theta0, families), _canonical(binding, moved, families)
+        return max((_frame_gap(x, y) for x, y in zip(a, b)), default=0.0)
+
+    worst_frame = gap(alive) if alive else 0.0
+    if worst_frame > TOL:  # the frames run in fp64 whatever the target's dtype
+        # find the culprits: add the families in binding order, refusing each whose addition breaks the
+        # composite (so the blame falls on the family at fault, not on whichever happens to be last)
+        kept: list[int] = []
+        worst_frame = 0.0
+        for f in alive:
+            here = gap(kept + [f])
+            if here <= TOL:
+                kept.append(f)
+                worst_frame = max(worst_frame, here)
+                continue
+            bad = fams[f].degenerate(theta_w, fams[f].frame(theta_w))
+            where = (f"; its units {bad.nonzero().flatten().tolist()} are degenerate here (a head whose rows "
+                     f"span fewer than d_head dimensions, a zero plane: the frame is undefined there and the "
+                     f"group does not fix them)" if bool(bad.any()) else "")
+            failures[f] = (f"the composite canonical frame is not equivariant with the families before it "
+                           f"(canonical points differ by {here:.1e}){where}")
     if not failures:
         binding.checked = (f"fp64: loss change {joint:.1e} under a random group element, tangency "
                            f"{worst_tangent:.1e}, canonical points agree to {worst_frame:.1e} (tolerance {tol:.1e})")
