@@ -181,3 +181,21 @@ def test_equinox_mlp_binds_and_ddc_adam_is_equivariant():
     assert abs(float(loss(params, x, jnp.zeros(6, int)) - loss(g(params), x, jnp.zeros(6, int)))) < 1e-12
     assert protocol(gj.ddc_adam(1e-2, weight_decay=0.1, gauges=binding), params, g, loss, batch) < 1e-12
     assert protocol(optax.adamw(1e-2, weight_decay=0.1), params, g, loss, batch) > 1e-6
+
+
+def test_a_rank_deficient_head_is_named_when_the_frame_check_fails():
+    """A head that has lost a direction (its query and key columns projected off ``n``: the rank collapse of seed
+    002 Thm 2, hand-written on the ``(in, out)`` kernels): the composite frame check cannot pass there, and the
+    refusal names the head family and the unit, not whichever family is last; the rest is bound."""
+    p = _params()
+    n = np.zeros(DH)
+    n[:2] = (0.6, 0.8)
+    proj = jnp.asarray(np.eye(DH) - np.outer(n, n))
+    cols = slice(DH, 2 * DH)  # head 1
+    for w in ("wq", "wk"):
+        p["attn"] = dict(p["attn"], **{w: p["attn"][w].at[:, cols].set(p["attn"][w][:, cols] @ proj)})
+    binding = gj.bind(p, apply=apply, example=(X,), loss="cross_entropy")
+    assert not any(f.family.gauge == "head_rotation" for f in binding.families)
+    assert len(binding.families) == 6  # the three gains, the ReLU unit, the two shifts
+    (refusal,) = [r for r in binding.refusals if r.gauge == "head_rotation"]
+    assert refusal.where == "attn" and "units [1] are degenerate" in refusal.reason

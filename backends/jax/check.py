@@ -110,8 +110,18 @@ def check_binding(binding, params, apply: Callable, example: Sequence, loss: Cal
     a, b = _canonical(binding, theta), _canonical(binding, _act(binding, g, theta))
     frame = max(_gap(x, y) for x, y in zip(a, b))
     if not frame <= float(jnp.finfo(dtype).eps) ** 0.5:  # the frames run in the leaves' dtype
-        raise GaugeError("bind", binding.families[-1].name, f"the composite canonical frame is not equivariant on "
-                         f"this model (canonical points differ by {frame:.1e})")
+        # a family with degenerate units here is the usual cause (a head whose rows span fewer than d_head
+        # dimensions: its frame is undefined there and the rotation does not fix it): name it and its units
+        for fam in binding.families:
+            bad = np.asarray(fam.degenerate(theta_e, fam.frame(theta_e)))
+            if bad.any():
+                raise GaugeError(fam.family.gauge, fam.name, f"the composite canonical frame is not equivariant on "
+                                 f"this model (canonical points differ by {frame:.1e}); its units "
+                                 f"{np.flatnonzero(bad).tolist()} are degenerate here (a head whose rows span fewer "
+                                 f"than d_head dimensions, a zero plane: the frame is undefined there and the group "
+                                 f"does not fix them)")
+        raise GaugeError("bind", ", ".join(f.name for f in binding.families), f"the composite canonical frame is not "
+                         f"equivariant on this model (canonical points differ by {frame:.1e})")
     return (f"{jnp.dtype(dtype).name}: loss change {joint:.1e} under a random group element, tangency {worst:.1e}, "
             f"canonical points agree to {frame:.1e} (tolerance {tol:.1e})")
 
