@@ -1,6 +1,6 @@
 """Experiment: the seed systems on a bound transformer, the CPU grokking GPT (issue 22: "a run on a bound transformer").
 
-    python bench/seed_systems_transformer.py [--seeds 3] [--steps 1200]
+    python bench/seed_systems_transformer.py [--seeds 3] [--steps 1200] [--arms adamw ddcadam rv-adamw sgdm lion]
 
 The grokking task (mod 59, 1-layer LayerNorm/ReLU/RoPE GPT, full batch, lr 3e-3, betas 0.9/0.98, weight decay 1.0),
 three arms per seed: AdamW, DDCAdam, and AdamW inside :class:`~gaugemath.rotational.RotationalWrapper` (the rows of
@@ -9,9 +9,12 @@ mean ± sd over seeds:
 
 * training: steps to 95 % test accuracy (evaluated every 50 steps; ``—`` if never), final test accuracy, final
   train loss;
-* rotational equilibrium (AdamW): the per-step angle of the matrices' rows over the last 200 steps against
-  ``η̂_r = √(2ηλ(1−β₁)/(1+β₁))`` — these weights are not scale-invariant (the seed's "scale-sensitive" case, App. L:
-  a radial gradient acts as extra decay), so the formula is the reference point, not an expected equality;
+* rotational equilibrium: the per-step angle of the matrices' rows over the last 200 steps against the arm's
+  ``η̂_r`` (AdamW ``√(2ηλ(1−β₁)/(1+β₁))``, SGDM ``√(2ηλ/(1+α))``, Lion ``√(πηλK)``) — these weights are not
+  scale-invariant (the seed's "scale-sensitive" case, App. L: a radial gradient acts as extra decay), so the formula
+  is the reference point, not an expected equality. Two more arms, not run by default: ``sgdm``
+  (``torch.optim.SGD``, lr 0.1, momentum 0.9, weight decay 3e-3) and ``lion`` (lr 1e-3, betas 0.9/0.99, weight decay
+  3, :class:`rotational_equilibrium.Lion`), both shrinking the weights by AdamW's 3e-3 per step;
 * collapse: ReLU units at the symmetric point (≤ 1e-6) at the end, and surviving units Eq. 20 favours collapsing
   (``γ_k < λ/2``, ``ℓ₀`` the train loss; for decoupled decay a reference, not the optimizer's objective);
 * Noether (AdamW): over the last 100 steps, the largest metric current ``⟨P^{-1}Δθ, X⟩`` and Euclidean current
@@ -27,12 +30,17 @@ import statistics
 import torch
 import torch.nn.functional as F
 from gaugemath.backends.torch import DDCAdam, bind
+from rotational_equilibrium import Lion  # (bench/: the seed's Eq. 52–54)
 
 from gaugemath.collapse import collapse_thresholds, collapsed
 from gaugemath.experiments.grokking import SCALES, _model, dataset
 from gaugemath.noether import adamw_metric_current, adamw_preconditioner_inverse, current, current_size
 from gaugemath.rotational import RotationalWrapper, RotationMeter, equilibrium, rows
 
+#: the extra arms: (equilibrium kind, lr, weight decay, optimizer factory), each shrinking the weights by AdamW's
+#: 3e-3 per step (SGDM: ηλ/(1−α), its decay runs through the momentum; Lion: ηλ, with Lion's usual lr ≈ AdamW's / 3)
+EXTRA = {"sgdm": ("sgdm", 0.1, 3e-3, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=3e-3)),
+         "lion": ("lion", 1e-3, 3.0, lambda ps: Lion(ps, lr=1e-3, betas=(0.9, 0.99), weight_decay=3.0))}
 MATRICES = ("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.o.weight", "mlp.fc_in.weight",
             "mlp.fc_out.weight")
 
@@ -43,6 +51,8 @@ def _optimizer(arm, model, binding, cfg):
         return DDCAdam(model.parameters(), binding=binding, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     if arm == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    if arm in EXTRA:
+        return EXTRA[arm][3](model.parameters())
     mats = [p for n, p in model.named_parameters() if n.endswith(MATRICES)]
     ids = {id(p) for p in mats}
     rest = [p for p in model.parameters() if id(p) not in ids]
@@ -111,6 +121,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", nargs="+", default=["adamw", "ddcadam", "rv-adamw"],
+                    choices=["adamw", "ddcadam", "rv-adamw", *EXTRA])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     o = SCALES["cpu"].optim
@@ -124,8 +136,12 @@ def main() -> None:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.fmean(vals):{fmt}} ± {sd:{fmt}} ({len(vals)})"
 
-    for arm in ("adamw", "ddcadam", "rv-adamw"):
+    for arm in args.arms:
         res = [run(arm, s, args.steps) for s in range(args.seeds)]
+        if arm in EXTRA:
+            kind, lr, wd, _ = EXTRA[arm]
+            pred = equilibrium(kind, lr, wd, 64, betas=(0.9, 0.99)).angular_update
+            print(f"          {arm}: predicted η̂_r = {pred:.4e}")
         print(f"{arm:9s} grok@ {pm([r['grok'] for r in res], '.0f')}  test acc {pm([r['acc'] for r in res])}  "
               f"train loss {pm([r['loss'] for r in res], '.2e')}  row angle/step {pm([r['angle'] for r in res], '.3e')}"
               f"  collapsed {pm([r['dead'] for r in res], '.1f')} of {res[0]['units']}, Eq.20 favours "
