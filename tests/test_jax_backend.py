@@ -132,7 +132,9 @@ def _cross_backend(name: str, dtype: str, steps: int, seed: int = 0, muon: bool 
     return worst
 
 
-@pytest.mark.parametrize("name", ["relu_rescale", "head_rotation.norope", "transformer.rmsnorm_swiglu"])
+@pytest.mark.parametrize("name", ["relu_rescale", "head_rotation.norope",
+                                  # (15 s; the same model's torch–JAX agreement runs by default for DDCMuon)
+                                  pytest.param("transformer.rmsnorm_swiglu", marks=pytest.mark.slow)])
 def test_torch_and_jax_trajectories_agree_over_50_steps(name):
     assert _cross_backend(name, "float32", 50) < 1e-6
     assert _cross_backend(name, "float64", 50) < 1e-12
