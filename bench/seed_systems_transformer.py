@@ -15,6 +15,9 @@ mean ± sd over seeds:
   is the reference point, not an expected equality. Two more arms, not run by default: ``sgdm``
   (``torch.optim.SGD``, lr 0.1, momentum 0.9, weight decay 3e-3) and ``lion`` (lr 1e-3, betas 0.9/0.99, weight decay
   3, :class:`rotational_equilibrium.Lion`), both shrinking the weights by AdamW's 3e-3 per step;
+* two more arms with [K]'s learnable gain on the hidden matrices (``W = g ⊙ ω/‖ω‖`` per row, ω's rows exactly
+  scale-invariant, the gains without decay), not run by default: ``adamw+gain`` (plain AdamW) and
+  ``rv-adamw+gain`` (the wrapper on ω's rows); their angle is ω's;
 * collapse: ReLU units at the symmetric point (≤ 1e-6) at the end, and surviving units Eq. 20 favours collapsing
   (``γ_k < λ/2``, ``ℓ₀`` the train loss; for decoupled decay a reference, not the optimizer's objective);
 * Noether (AdamW): over the last 100 steps, the largest metric current ``⟨P^{-1}Δθ, X⟩`` and Euclidean current
@@ -35,7 +38,7 @@ from rotational_equilibrium import Lion  # (bench/: the seed's Eq. 52–54)
 from gaugemath.collapse import collapse_thresholds, collapsed
 from gaugemath.experiments.grokking import SCALES, _model, dataset
 from gaugemath.noether import adamw_metric_current, adamw_preconditioner_inverse, current, current_size
-from gaugemath.rotational import RotationalWrapper, RotationMeter, equilibrium, rows
+from gaugemath.rotational import RotationalWrapper, RotationMeter, equilibrium, learnable_gain, rows
 
 #: the extra arms: (equilibrium kind, lr, weight decay, optimizer factory), each shrinking the weights by AdamW's
 #: 3e-3 per step (SGDM: ηλ/(1−α), its decay runs through the momentum; Lion: ηλ, with Lion's usual lr ≈ AdamW's / 3)
@@ -45,7 +48,11 @@ MATRICES = ("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.o.weight", 
             "mlp.fc_out.weight")
 
 
-def _optimizer(arm, model, binding, cfg):
+#: arms on the hidden matrices reparameterised with [K]'s learnable gain (:func:`gaugemath.rotational.learnable_gain`)
+GAINED = ("adamw+gain", "rv-adamw+gain")
+
+
+def _optimizer(arm, model, binding, cfg, mats=None):
     o = cfg.optim
     if arm == "ddcadam":
         return DDCAdam(model.parameters(), binding=binding, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -53,6 +60,13 @@ def _optimizer(arm, model, binding, cfg):
         return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     if arm in EXTRA:
         return EXTRA[arm][3](model.parameters())
+    if arm in GAINED:  # [K]'s recipe: the rows of ω (W = g ⊙ ω/‖ω‖) with decay, the gains without
+        omegas, gains = mats
+        ids = {id(p) for p in omegas + gains}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        inner = torch.optim.AdamW([{"params": omegas}, {"params": gains, "weight_decay": 0.0}, {"params": rest}],
+                                  lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        return inner if arm == "adamw+gain" else RotationalWrapper(inner, rows(*omegas), inner_kind="adamw")
     mats = [p for n, p in model.named_parameters() if n.endswith(MATRICES)]
     ids = {id(p) for p in mats}
     rest = [p for p in model.parameters() if id(p) not in ids]
@@ -65,8 +79,14 @@ def run(arm: str, seed: int, steps: int):
     x, y, xt, yt = dataset(cfg.modulus, cfg.train_fraction, seed)
     model = _model(cfg, seed).double()
     binding = bind(model)
-    opt = _optimizer(arm, model, binding, cfg)
-    mats = [p for n, p in model.named_parameters() if n.endswith(MATRICES)]
+    if arm in GAINED:  # (after bind: the binding then names the replaced weights; collapse is not measured here)
+        pairs = [learnable_gain(model.get_submodule(n.rsplit(".", 1)[0]))
+                 for n, _ in list(model.named_parameters()) if n.endswith(MATRICES)]
+        mats = [o for o, _ in pairs]
+        opt = _optimizer(arm, model, binding, cfg, (mats, [g for _, g in pairs]))
+    else:
+        opt = _optimizer(arm, model, binding, cfg)
+        mats = [p for n, p in model.named_parameters() if n.endswith(MATRICES)]
     meter = RotationMeter(rows(*mats))
     params = [p for _, p in binding.params]
     grok, noether = None, {}
@@ -108,6 +128,9 @@ def run(arm: str, seed: int, steps: int):
         acc = float((model(xt)[:, -1].argmax(-1) == yt).double().mean())
         loss = float(F.cross_entropy(model(x)[:, -1], y))
     summ = meter.summary(0)
+    if arm in GAINED:
+        return {"grok": grok, "acc": acc, "loss": loss, "angle": float(summ["angle"].mean()), "dead": None,
+                "favoured": None, "units": 0, "noether": noether}
     relu = next(f for f in binding.families if "relu" in f.family.gauge or "relu" in f.name)
     dead = collapsed(binding)[relu.name]
     gam = collapse_thresholds(model, binding, lambda m: F.cross_entropy(m(x)[:, -1], y))[relu.name]
@@ -122,7 +145,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arms", nargs="+", default=["adamw", "ddcadam", "rv-adamw"],
-                    choices=["adamw", "ddcadam", "rv-adamw", *EXTRA])
+                    choices=["adamw", "ddcadam", "rv-adamw", *GAINED, *EXTRA])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     o = SCALES["cpu"].optim

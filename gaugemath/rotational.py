@@ -86,6 +86,38 @@ def rows(*weights: Tensor) -> list[tuple[Tensor, Callable[[Tensor], Tensor]]]:
     return [(w, lambda t: t.view(t.shape[0], -1)) for w in weights]
 
 
+class _Gain(torch.nn.Module):
+    """``W = g ⊙ ω / ‖ω‖`` per row (:func:`learnable_gain`; ``torch.nn.utils.parametrize`` with two originals)."""
+
+    def forward(self, omega: Tensor, gain: Tensor) -> Tensor:
+        flat = omega.reshape(omega.shape[0], -1)
+        return (flat * (gain / flat.norm(dim=1))[:, None]).reshape(omega.shape)
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """``ω = W``, ``g = ‖W_row‖``: the weight is unchanged."""
+        return weight, weight.reshape(weight.shape[0], -1).norm(dim=1)
+
+
+def learnable_gain(module: torch.nn.Module, name: str = "weight") -> tuple[Tensor, Tensor]:
+    """[K]'s learnable gain for scale-sensitive layers (App. M, O: the transformer runs), in place: reparameterise
+    ``module.<name>`` (``(rows, …)``) as ``W = g ⊙ ω/‖ω‖`` row by row, through ``torch.nn.utils.parametrize``. Each
+    row of ``ω`` is then *exactly* scale-invariant (``L(sω) = L(ω)`` for ``s > 0``, no normalisation ``ε``), so its
+    gradient is orthogonal to it and the rotational-equilibrium analysis applies without the scale-sensitive
+    correction; the gain ``g`` (``(rows,)``, started at the rows' norms, so the function is unchanged) learns the
+    magnitude. Give the rows of ``ω`` to :class:`RotationalWrapper` (:func:`rows`) and ``g`` to a param group without
+    weight decay, as [K] does. Returns ``(ω, g)``. A zero row has no direction and is refused."""
+    weight = getattr(module, name)
+    if weight.dim() < 2:
+        raise GaugeError("rotational", name, f"a learnable gain needs a weight with rows, got shape "
+                         f"{tuple(weight.shape)}")
+    zero = (weight.detach().reshape(weight.shape[0], -1).norm(dim=1) == 0).nonzero().flatten().tolist()
+    if zero:
+        raise GaugeError("rotational", name, f"rows {zero} are zero: a learnable gain needs a direction per row")
+    torch.nn.utils.parametrize.register_parametrization(module, name, _Gain(), unsafe=True)
+    orig = module.parametrizations[name]
+    return orig.original0, orig.original1
+
+
 class RotationMeter:
     """Per-vector norm, update size and angle of each step, for :func:`equilibrium`'s comparison ([K] Eq. 4–5).
 

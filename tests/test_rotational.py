@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+from third_party import CASES
 
 from gaugemath import GaugeError
-from gaugemath.rotational import RotationalWrapper, RotationMeter, equilibrium, rows
+from gaugemath.rotational import RotationalWrapper, RotationMeter, equilibrium, learnable_gain, rows
 
 
 def test_formulas_give_the_seeds_predictions():
@@ -137,3 +138,55 @@ def test_experiments_rvadamw_arm_keeps_the_hidden_rows_on_their_spheres():
     for m, n in zip(mats, norms):
         assert float((m.detach().norm(dim=1) / n - 1).abs().max()) <= 8 * eps
     assert not torch.equal(model.embed.weight.detach(), embed)
+
+
+def test_learnable_gain_makes_rows_exactly_scale_invariant_on_hf_llama():
+    """[K]'s learnable gain on HF Llama's projections (``W = g ⊙ ω/‖ω‖`` per row, ``learnable_gain``), judged by the
+    model's own forward and backward passes (fp64): the function is unchanged at registration; scaling each row of
+    ``ω`` by a positive factor leaves the loss unchanged (to 1e-13 relative: the only change is the rounding of
+    ``ω/‖ω‖``, a few ε per entry through two layers); the gradient of each row of ``ω`` is orthogonal to it (the
+    radial part, ``⟨∇ω, ω⟩/(‖∇ω‖‖ω‖)``, below 1e-12); the wrapper then keeps every row of ``ω`` on its sphere while
+    the gains train; and a zero row is refused by name."""
+    case = next(c for c in CASES if c.name == "llama")
+    model = case.make()
+    args, kwargs = case.batch(0)
+    with torch.no_grad():
+        before = float(case.loss(model, args, kwargs))
+    layers = [(layer.mlp, "up_proj") for layer in model.model.layers] + \
+             [(layer.self_attn, "q_proj") for layer in model.model.layers]
+    pairs = [learnable_gain(getattr(mod, attr)) for mod, attr in layers]
+    loss = case.loss(model, args, kwargs)
+    assert float(loss.detach()) == pytest.approx(before, rel=1e-14)
+    loss.backward()
+    for omega, _ in pairs:
+        g, w = omega.grad, omega.detach()
+        radial = (g * w).sum(1).abs() / (g.norm(dim=1) * w.norm(dim=1))
+        assert float(radial.max()) < 1e-12
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for omega, _ in pairs:
+            omega.mul_(torch.exp(torch.randn(omega.shape[0], 1, generator=gen, dtype=omega.dtype)))
+        assert float(case.loss(model, args, kwargs)) == pytest.approx(before, rel=1e-13)
+
+    omegas, gains = [o for o, _ in pairs], [g for _, g in pairs]
+    ids = {id(p) for p in omegas + gains}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    inner = torch.optim.AdamW([{"params": omegas, "weight_decay": 0.1}, {"params": gains, "weight_decay": 0.0},
+                               {"params": rest}], lr=1e-3)
+    opt = RotationalWrapper(inner, rows(*omegas), center=False)
+    norms = [o.detach().norm(dim=1).clone() for o in omegas]
+    g0 = [g.detach().clone() for g in gains]
+    for t in range(5):
+        a, k = case.batch(10 + t)
+        opt.zero_grad()
+        case.loss(model, a, k).backward()
+        opt.step()
+    for o, n in zip(omegas, norms):
+        assert torch.allclose(o.detach().norm(dim=1), n, rtol=1e-12, atol=0)
+    assert any(not torch.equal(g.detach(), g_0) for g, g_0 in zip(gains, g0))  # the gains learn the magnitude
+
+    lin = torch.nn.Linear(3, 4).double()
+    with torch.no_grad():
+        lin.weight[2].zero_()
+    with pytest.raises(GaugeError, match=r"rows \[2\] are zero"):
+        learnable_gain(lin)
