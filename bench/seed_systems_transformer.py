@@ -19,7 +19,8 @@ mean ± sd over seeds:
   scale-invariant, the gains without decay), not run by default: ``adamw+gain`` (plain AdamW) and
   ``rv-adamw+gain`` (the wrapper on ω's rows); their angle is ω's;
 * collapse: ReLU units at the symmetric point (≤ 1e-6) at the end, and surviving units Eq. 20 favours collapsing
-  (``γ_k < λ/2``, ``ℓ₀`` the train loss; for decoupled decay a reference, not the optimizer's objective);
+  (``γ_k < λ/2`` with the arm's own ``λ``, ``ℓ₀`` the train loss; for decoupled decay a reference, not the
+  optimizer's objective);
 * Noether (AdamW): over the last 100 steps, the largest metric current ``⟨P^{-1}Δθ, X⟩`` and Euclidean current
   ``⟨Δθ, X⟩`` per kind of family, each relative to its terms' size (``|X|ᵀ|·|``): translations keep the metric one
   at round-off (decay aside: ``−ηλ⟨P^{-1}θ, X⟩``, included in the prediction), the Euclidean ones are first order.
@@ -134,7 +135,9 @@ def run(arm: str, seed: int, steps: int):
     relu = next(f for f in binding.families if "relu" in f.family.gauge or "relu" in f.name)
     dead = collapsed(binding)[relu.name]
     gam = collapse_thresholds(model, binding, lambda m: F.cross_entropy(m(x)[:, -1], y))[relu.name]
-    favoured = int(((gam < cfg.optim.weight_decay / 2) & ~dead).sum())
+    # the arm's own coupled-decay reference ℓ₀ + (λ/2)‖θ‖² (SGDM's decay is coupled; AdamW's and Lion's decoupled)
+    wd = EXTRA[arm][2] if arm in EXTRA else cfg.optim.weight_decay
+    favoured = int(((gam < wd / 2) & ~dead).sum())
     return {"grok": grok, "acc": acc, "loss": loss, "angle": float(summ["angle"].mean()), "dead": int(dead.sum()),
             "favoured": favoured, "units": relu.units, "noether": noether}
 

@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.06, 0.1, 0.15])
     ap.add_argument("--adam", action="store_true")
+    ap.add_argument("--thresholds-only", action="store_true", help="print the thresholds, train nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     d = len(BETA)
     print(f"β = {BETA}, {N} points, batch 1, no weight decay, {args.steps} steps, {args.seeds} seeds")
     print("thresholds at the least-squares background (mean ± sd over seeds):")
     for i in range(d):
-        star, root = [], []
+        star, root, edge = [], [], []
         for seed in range(args.seeds):
             x, y = data(seed)
             layer = model(x, y)
@@ -107,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
             neg = min(hs, key=lambda h: float(h.mean()))  # the direction GD escapes along (mean curvature < 0)
             star.append(critical_lr(neg))
             root.append(max(lyapunov_root(h) for h in hs))
-        print(f"  entry {i} (β = {BETA[i]:g}): Eq. 9 λ* = {_ms(star)}, Eq. 16 root λ_Λ = {_ms(root)}")
-    arms = [("SGD", False)] + ([("Adam", True)] if args.adam else [])
+            edge.append(max(lyapunov_root(h) * float(h.max()) for h in hs if float(h.max()) > 0))
+        print(f"  entry {i} (β = {BETA[i]:g}): Eq. 9 λ* = {_ms(star)}, Eq. 16 root λ_Λ = {_ms(root)} "
+              f"(λ_Λ·max h = {max(edge):.9f}: 1 means only a sample that maps z to exactly 0 collapses it)")
+    arms = [] if args.thresholds_only else [("SGD", False)] + ([("Adam", True)] if args.adam else [])
     for name, adam in arms:
         print(f"{name}: lr, entries collapsed (|θ_i| < {TOL:g}) per entry (fraction of seeds), Eq. 16 agrees")
         for lr in args.lrs:

@@ -79,29 +79,36 @@ def _projector(fam, unit: int, blocks: Tensor, dtype: torch.dtype, device):
 
 
 @torch.no_grad()
-def rank_thresholds(model: nn.Module, binding, loss: Callable[[nn.Module], Tensor]) -> dict[str, Tensor]:
+def rank_thresholds(model: nn.Module, binding, loss: Callable[[nn.Module], Tensor],
+                    tol: float = 1e-6) -> dict[str, Tensor]:
     """[Y] Eq. 51 per unit of every rotation family: ``γ = max(0, (ℓ₀(P·θ) − ℓ₀(θ)) / ‖θ − P·θ‖²)`` with ``P`` the
     projection that removes the head's weakest direction (its smallest singular vector; RoPE planes: the whole
     plane), applied by the binding's group action. ``loss(model)``: ``ℓ₀`` on a fixed batch. A coupled decay
-    ``γ`` above it in ``ℓ_γ = ℓ₀ + γ‖θ‖²`` makes the lower-rank point better. Units already collapsed there:
-    ``inf``. ``model`` is restored."""
+    ``γ`` above it in ``ℓ_γ = ℓ₀ + γ‖θ‖²`` makes the lower-rank point better. Units already at the symmetric point
+    (as :func:`collapsed` says with the same ``tol``: the weakest singular value, for planes both, ``≤ tol``):
+    ``inf``. ``model`` is restored (the family's own tensors are saved and written back, bit for bit)."""
     params = [p for _, p in binding.params]
+    lay = binding.layout
     base = float(loss(model))
     out = {}
     for f, fam in _families(binding):
         blocks = _blocks(binding, fam)
+        spectra = torch.linalg.svdvals(blocks)
+        done = spectra[:, -1] <= tol if fam.kind == "head" else (spectra <= tol).all(dim=1)
+        mine = sorted({lay.base(i) for _, i in fam.members()})
+        ref = params[mine[0]]
         gam = torch.full((fam.units,), float("inf"), dtype=torch.float64)
         for k in range(fam.units):
-            h, mass = _projector(fam, k, blocks, params[0].dtype, params[0].device)
-            if mass == 0:
+            if bool(done[k]):
                 continue
-            saved = [p.detach().clone() for p in params]
+            h, mass = _projector(fam, k, blocks, ref.dtype, ref.device)
+            saved = {i: params[i].detach().clone() for i in mine}
             try:
                 binding.act([h if j == f else None for j in range(len(binding.families))],
                             [p.data for p in params], only=[f])
                 gam[k] = max(0.0, (float(loss(model)) - base) / mass)
             finally:
-                for p, value in zip(params, saved):
-                    p.data.copy_(value)
+                for i, value in saved.items():
+                    params[i].data.copy_(value)
         out[fam.name] = gam
     return out

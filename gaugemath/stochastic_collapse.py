@@ -3,7 +3,8 @@ makes a symmetric point attracting even where full-batch GD escapes it.
 
 Near a point ``w₀`` fixed by a mirror ``R = I − 2P`` of the loss (``P = OOᵀ``; a rescaling ``(u, w) → (−u, −w)``, the
 reflections of a rotation group), the symmetry-breaking part ``z = P w`` of SGD with learning rate ``λ`` and coupled
-weight decay ``γ`` follows, to first order in ``z`` ([Y] Eq. 13),
+weight decay ``γ`` (``torch.optim.SGD``'s ``weight_decay``: the objective ``ℓ + γ‖w‖²/2``, whose Hessian is shifted by
+``γ``; that is twice the ``γ`` of ``ℓ₀ + γ‖θ‖²`` in [Y] Eq. 1, 20 and 51) follows, to first order in ``z`` ([Y] Eq. 13),
 
     z_{t+1} = (1 − λ (H(B_t) + γ)) z_t,        H(B) = P ∇²ℓ_B(w₀) P
 
@@ -55,31 +56,39 @@ def critical_lr(h: Tensor | Sequence[float], gamma: float = 0.0) -> float:
     collapses too)."""
     x = _samples(h, gamma)
     mean, second = float(x.mean()), float((x * x).mean())
-    return 0.0 if mean >= 0 else -2.0 * mean / second
-
-
-def lyapunov_root(h: Tensor | Sequence[float], gamma: float = 0.0, hi: float | None = None,
-                  iters: int = 200) -> float:
-    """The smallest ``λ > 0`` with ``Λ(λ) = 0`` when ``E[h + γ] < 0`` (Eq. 16's exact collapse threshold, of which
-    :func:`critical_lr` is the second-order estimate), by bisection on ``(0, hi]`` (default ``2 λ*`` widened until
-    ``Λ(hi) < 0``). ``0.0`` when ``E[h + γ] ≥ 0``; ``inf`` when ``Λ`` stays positive up to ``1e6 λ*``."""
-    x = _samples(h, 0.0)
-    if float((x + gamma).mean()) >= 0:
+    if mean >= 0:
         return 0.0
-    lo, hi = 0.0, hi if hi is not None else 2.0 * critical_lr(x, gamma)
-    top = 1e6 * critical_lr(x, gamma)
-    while lyapunov(x, hi, gamma) >= 0:
-        lo, hi = hi, 2.0 * hi
-        if hi > top:
-            return math.inf
-    for _ in range(iters):  # Λ > 0 just above 0 (Λ ≈ −λ E[h + γ]), Λ(hi) < 0
+    if not (math.isfinite(second) and second > 0):
+        raise GaugeError("stochastic collapse", "h", f"E[(h + γ)²] = {second} is not a finite positive number in "
+                         f"float64; rescale the curvatures")
+    return -2.0 * mean / second
+
+
+def lyapunov_root(h: Tensor | Sequence[float], gamma: float = 0.0, iters: int = 200) -> float:
+    """The smallest ``λ > 0`` with ``Λ(λ) = 0`` when ``E[h + γ] < 0``: Eq. 16's exact collapse threshold, of which
+    :func:`critical_lr` is the second-order estimate. ``0.0`` when ``E[h + γ] ≥ 0``; ``inf`` when no sample has
+    ``h + γ > 0`` (then ``|1 − λ(h + γ)| ≥ 1`` for every ``λ > 0``: never attracted).
+
+    On ``(0, 1/x_max)`` (``x = h + γ``, ``x_max`` its largest sample) every ``1 − λx`` is positive, so ``Λ`` is a
+    sum of logarithms of positive linear functions: concave, ``Λ(0) = 0``, ``Λ'(0) = −E[x] > 0``, and ``Λ → −∞`` at
+    ``1/x_max``. The smallest root is the one sign change there, found by bisection. It can lie within rounding of
+    ``1/x_max``: then only a batch that maps ``z`` exactly to ``0`` makes ``Λ`` negative, which no run reaches —
+    compare the root with ``1/x_max``."""
+    x = _samples(h, gamma)
+    if float(x.mean()) >= 0:
+        return 0.0
+    top = float(x.max())
+    if top <= 0:
+        return math.inf
+    lo, hi = 0.0, 1.0 / top  # Λ > 0 just above lo, Λ(hi) = −inf
+    for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if lyapunov(x, mid, gamma) >= 0:
+        if not lo < mid < hi:
+            break
+        if lyapunov(x, mid) >= 0:
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 4 * torch.finfo(torch.float64).eps * hi:
-            break
     return hi
 
 
@@ -88,7 +97,7 @@ def curvature(loss: Callable[[], Tensor], params: Sequence[Tensor], direction: S
     tensor per parameter, same shapes), by a Hessian-vector product (double backward). The parameters and their
     ``.grad`` are left as they were."""
     params = list(params)
-    direction = list(direction)
+    direction = [v.detach() for v in direction]  # (a direction that is itself a parameter is a constant here)
     if len(direction) != len(params):
         raise GaugeError("stochastic collapse", "direction", f"gives {len(direction)} tensors for "
                          f"{len(params)} parameters")
@@ -99,8 +108,11 @@ def curvature(loss: Callable[[], Tensor], params: Sequence[Tensor], direction: S
     norm2 = sum(float((v.double() ** 2).sum()) for v in direction)
     if norm2 == 0:
         raise GaugeError("stochastic collapse", "direction", "is zero")
-    grads = torch.autograd.grad(loss(), params, create_graph=True)
-    gv = sum((g * v.to(g.dtype)).sum() for g, v in zip(grads, direction))
+    grads = torch.autograd.grad(loss(), params, create_graph=True, allow_unused=True)
+    terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, direction) if g is not None]
+    if not terms or not any(t.requires_grad for t in terms):
+        return 0.0  # the loss does not depend on these parameters (or only linearly): no curvature
+    gv = sum(terms)
     hv = torch.autograd.grad(gv, params, allow_unused=True)
     vhv = sum(float((h.double() * v.double()).sum()) for h, v in zip(hv, direction) if h is not None)
     return vhv / norm2

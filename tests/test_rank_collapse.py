@@ -78,6 +78,8 @@ def test_a_lost_direction_gets_no_gradient_and_gd_never_regains_it():
     sv = rank_spectra(binding)[fam.name]
     assert float(sv[1, -1]) <= 1e-14 * float(sv[1, 0]) and float(sv[0, -1]) > 1e-3 * float(sv[0, 0])
     assert collapsed(binding)[fam.name].tolist() == [0, 1]
+    gam = rank_thresholds(model, binding, torch.no_grad()(loss))[fam.name]
+    assert torch.isinf(gam[1]) and bool(torch.isfinite(gam[0]))  # at the symmetric point to round-off: nothing to drop
 
     for name, make in (("gd", lambda m: torch.optim.SGD(m.parameters(), lr=0.05)),
                        ("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0))):
@@ -130,8 +132,8 @@ def test_eq51_threshold_against_a_hand_projection():
 def test_rope_planes_collapse_as_whole_planes_on_hf_llama():
     """HF Llama (RoPE, 4 query heads on 2 KV heads): the stationary set of SO(2) is a whole plane. Zeroing plane
     ``(p, p + d_head/2)`` of KV head 0 by hand (its key rows and the query rows of the two heads that read it) is the
-    one plane :func:`collapsed` reports; and the per-plane thresholds equal the hand-computed cost of zeroing each
-    plane (as multisets: 1e-9, as above)."""
+    one plane :func:`collapsed` reports (unit 1); and the per-plane thresholds equal the hand-computed cost of
+    zeroing each plane, unit by unit (1e-9, as above)."""
     case = next(c for c in CASES if c.name == "llama")
     model = case.make()
     args, kwargs = case.batch(0)
@@ -163,11 +165,11 @@ def test_rope_planes_collapse_as_whole_planes_on_hf_llama():
     binding = bind_case(case, model)
     fam = next(f for f in binding.families if f.kind == "plane" and "layers.0." in f.name + ".")
     got = rank_thresholds(model, binding, loss)[fam.name]
-    assert sorted(got.tolist()) == pytest.approx(sorted(hand), rel=1e-9)
+    assert got.tolist() == pytest.approx(hand, rel=1e-9)  # units: KV head j, plane p at j·d_head/2 + p
 
     zero_plane(model, 0, 1)
     flags = collapsed(binding)[fam.name]
-    assert int(flags.sum()) == 1
+    assert flags.nonzero().flatten().tolist() == [1]
     assert torch.isinf(rank_thresholds(model, binding, loss)[fam.name][flags]).all()
 
 

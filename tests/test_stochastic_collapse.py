@@ -129,3 +129,25 @@ def test_sgd_collapses_the_entries_eq16_predicts_and_gd_escapes():
     ols = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
     assert all(abs(float(theta[i])) > 100 * 1e-4 for i in (3, 4))  # repelled from the symmetric point
     assert torch.allclose(theta, ols, rtol=0, atol=1e-3)
+
+
+def test_lyapunov_root_is_the_smallest_root_and_curvature_takes_a_parameter_as_direction():
+    """The smallest root of ``Λ`` lies below ``1/max(h + γ)``, where ``Λ`` is concave: for ``x = (−3, −3, −3, 1)`` it is
+    about 0.98 (the doubling search it replaced reported ``inf`` there); with no positive sample there is none. A
+    direction that is itself a parameter is a constant of the probe (``Σp³``: ``vᵀHv/vᵀv = Σ6p³/Σp²``, not the
+    extra ``J_vᵀg`` term), and ``.grad`` already set is left as it was."""
+    x = torch.tensor([-3.0, -3.0, -3.0, 1.0], dtype=torch.float64)
+    root = lyapunov_root(x)
+    assert 0.9 < root < 1.0
+    assert lyapunov(x, root * (1 - 1e-9)) > 0 > lyapunov(x, root * (1 + 1e-9))
+    assert lyapunov_root(torch.tensor([-1.0, -0.5, 0.0], dtype=torch.float64)) == float("inf")
+    with pytest.raises(GaugeError, match="finite positive"):
+        critical_lr(torch.tensor([-1e200, 1e199], dtype=torch.float64))
+
+    p = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    sentinel = torch.full_like(p, 7.0)
+    p.grad = sentinel
+    h = curvature(lambda: (p ** 3).sum(), [p], [p])
+    q = p.detach()
+    assert h == pytest.approx(float((6 * q ** 3).sum() / (q ** 2).sum()), rel=1e-14)
+    assert p.grad is sentinel and bool((p.grad == 7.0).all())

@@ -110,20 +110,32 @@ def check_binding(binding, params, apply: Callable, example: Sequence, loss: Cal
     a, b = _canonical(binding, theta), _canonical(binding, _act(binding, g, theta))
     frame = max(_gap(x, y) for x, y in zip(a, b))
     if not frame <= float(jnp.finfo(dtype).eps) ** 0.5:  # the frames run in the leaves' dtype
-        # a family with degenerate units here is the usual cause (a head whose rows span fewer than d_head
-        # dimensions: its frame is undefined there and the rotation does not fix it): name it and its units
-        for fam in binding.families:
-            bad = np.asarray(fam.degenerate(theta_e, fam.frame(theta_e)))
-            if bad.any():
-                raise GaugeError(fam.family.gauge, fam.name, f"the composite canonical frame is not equivariant on "
-                                 f"this model (canonical points differ by {frame:.1e}); its units "
-                                 f"{np.flatnonzero(bad).tolist()} are degenerate here (a head whose rows span fewer "
-                                 f"than d_head dimensions, a zero plane: the frame is undefined there and the group "
-                                 f"does not fix them)")
-        raise GaugeError("bind", ", ".join(f.name for f in binding.families), f"the composite canonical frame is not "
-                         f"equivariant on this model (canonical points differ by {frame:.1e})")
+        raise _composite_culprit(binding, g, theta, theta_e, frame)
     return (f"{jnp.dtype(dtype).name}: loss change {joint:.1e} under a random group element, tangency {worst:.1e}, "
             f"canonical points agree to {frame:.1e} (tolerance {tol:.1e})")
+
+
+def _composite_culprit(binding, g, theta: list, theta_e: list, frame: float) -> GaugeError:
+    """The error for a composite frame check that failed: the first family (binding order) whose addition to those
+    before it breaks the composite canonical point, as torch's check finds it, with its degenerate units named
+    (a head whose rows span fewer than d_head dimensions: its frame is undefined there and the rotation does not
+    fix it). ``gj.bind`` refuses the family the error names and binds the rest."""
+    import dataclasses
+
+    fams = list(binding.families)
+    bad_at = len(fams) - 1
+    for k in range(len(fams)):
+        sub = dataclasses.replace(binding, families=tuple(fams[: k + 1]))
+        a, b = _canonical(sub, theta), _canonical(sub, _act(binding, g, theta, list(range(k + 1))))
+        if not max(_gap(x, y) for x, y in zip(a, b)) <= float(jnp.finfo(theta[0].dtype).eps) ** 0.5:
+            bad_at = k
+            break
+    fam = fams[bad_at]
+    deg = np.flatnonzero(np.asarray(fam.degenerate(theta_e, fam.frame(theta_e)))).tolist()
+    where = (f"; its units {deg} are degenerate here (a head whose rows span fewer than d_head dimensions, a zero "
+             f"plane: the frame is undefined there and the group does not fix them)" if deg else "")
+    return GaugeError(fam.family.gauge, fam.name, f"the composite canonical frame is not equivariant with the "
+                      f"families before it on this model (canonical points differ by {frame:.1e}){where}")
 
 
 def _gap(x, y) -> float:
