@@ -37,10 +37,14 @@ def _families(binding) -> list[tuple[int, object]]:
     return [(f, fam) for f, fam in enumerate(binding.families) if fam.kind in KINDS]
 
 
-def _blocks(binding, fam, dtype: torch.dtype = torch.float64) -> Tensor:
+def _entries(binding) -> list[Tensor]:
+    """The binding's work-layout entries in float64 (one conversion, shared by every family)."""
+    return binding.entries(binding.to_work([p.detach() for _, p in binding.params], torch.float64))
+
+
+def _blocks(fam, ents: list[Tensor]) -> Tensor:
     """Per unit the rows the family rotates, side by side: heads ``(units, d_head, cols)``, planes
-    ``(units, 2, cols)`` (work layout, ``dtype``)."""
-    ents = binding.entries(binding.to_work([p.detach() for _, p in binding.params], dtype))
+    ``(units, 2, cols)`` (from the work-layout ``ents``)."""
     if fam.kind == "head":
         return fam._head_rows(ents)
     return torch.cat([ents[i].reshape(fam.units, 2, -1) for _, i in fam.members()], dim=2)
@@ -49,18 +53,17 @@ def _blocks(binding, fam, dtype: torch.dtype = torch.float64) -> Tensor:
 def rank_spectra(binding) -> dict[str, Tensor]:
     """Per rotation family of ``binding`` (heads, RoPE planes) the singular values of each unit's rows, descending,
     ``(units, d_head)`` or ``(units, 2)``, float64."""
-    return {fam.name: torch.linalg.svdvals(_blocks(binding, fam)) for _, fam in _families(binding)}
+    ents = _entries(binding)
+    return {fam.name: torch.linalg.svdvals(_blocks(fam, ents)) for _, fam in _families(binding)}
 
 
 def collapsed(binding, tol: float = 1e-6) -> dict[str, Tensor]:
     """Per rotation family, per unit: heads, how many directions are at the symmetric point (singular values
     ``≤ tol``: ``d_head − rank``, int); RoPE planes, ``True`` where the whole plane is (both ``≤ tol``, the only
     stationary set of ``SO(2)``)."""
-    out = {}
-    for _, fam in _families(binding):
-        small = torch.linalg.svdvals(_blocks(binding, fam)) <= tol
-        out[fam.name] = small.sum(dim=1) if fam.kind == "head" else small.all(dim=1)
-    return out
+    kinds = {fam.name: fam.kind for _, fam in _families(binding)}
+    small = {name: sv <= tol for name, sv in rank_spectra(binding).items()}
+    return {name: s.sum(dim=1) if kinds[name] == "head" else s.all(dim=1) for name, s in small.items()}
 
 
 def _projector(fam, unit: int, blocks: Tensor, dtype: torch.dtype, device):
@@ -91,8 +94,9 @@ def rank_thresholds(model: nn.Module, binding, loss: Callable[[nn.Module], Tenso
     lay = binding.layout
     base = float(loss(model))
     out = {}
+    ents = _entries(binding)
     for f, fam in _families(binding):
-        blocks = _blocks(binding, fam)
+        blocks = _blocks(fam, ents)
         spectra = torch.linalg.svdvals(blocks)
         done = spectra[:, -1] <= tol if fam.kind == "head" else (spectra <= tol).all(dim=1)
         mine = sorted({lay.base(i) for _, i in fam.members()})

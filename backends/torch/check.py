@@ -122,7 +122,7 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
                            "cannot span d_head dimensions): there is no canonical frame to condition with")
     # the composite canonical point, on the families that passed
     alive = [f for f in range(len(fams)) if f not in failures]
-    worst_frame = 0.0
+
     def gap(families: list[int]) -> float:
         moved = [t.clone() for t in theta0]
         binding.act(g, moved, only=families)
@@ -132,14 +132,13 @@ def check_binding(model: nn.Module, binding, specs: Sequence, args: tuple, kwarg
     worst_frame = gap(alive) if alive else 0.0
     if worst_frame > TOL:  # the frames run in fp64 whatever the target's dtype
         # find the culprits: add the families in binding order, refusing each whose addition breaks the
-        # composite (so the blame falls on the family at fault, not on whichever happens to be last)
+        # composite (so the blame falls on the family at fault, not on whichever happens to be last); the
+        # binding without them is then built and checked again, which reports its own worst frame gap
         kept: list[int] = []
-        worst_frame = 0.0
         for f in alive:
             here = gap(kept + [f])
             if here <= TOL:
                 kept.append(f)
-                worst_frame = max(worst_frame, here)
                 continue
             bad = fams[f].degenerate(theta_w, fams[f].frame(theta_w))
             where = (f"; its units {bad.nonzero().flatten().tolist()} are degenerate here (a head whose rows "
