@@ -510,3 +510,45 @@ def test_binding_prints_gauges_and_parameters():
     text = str(bind(GPT(11, 8, 1, 2, 16)))
     assert "blocks.0.attn" in text and "head_rotation.rope" in text and "head.bias" in text
     assert "swiglu_rescale.anchor" in text and "blocks.0.mlp.up.weight" in text
+
+
+# ------------------------------------------------------------------------------ fused step pieces
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adam_written_over_its_own_gradient_equals_a_zeroed_buffer(dtype):
+    """Step 3 runs torch's fused AdamW kernel with the horizontal gradient as both "parameters" and gradients
+    (``lr = −1``, weight decay ``−1``: ``g·0 + u``), so ``u`` fills ``g̃_H``'s buffer and no new buffer is
+    allocated. That relies on the kernel reading every operand of an entry before it stores it; this pins it
+    (and a torch upgrade that changed it would fail here): ``u`` and both moments bit-equal to the kernel
+    writing into a zeroed buffer, on lengths with and without a vector tail."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 7, 1000, 100_003):
+        g = torch.randn(n, dtype=dtype, generator=gen)
+        m0 = 0.1 * torch.randn(n, dtype=dtype, generator=gen)
+        v0 = 0.01 * torch.rand(n, dtype=dtype, generator=gen)
+        runs = []
+        for aliased in (False, True):
+            m, v, step = m0.clone(), v0.clone(), torch.tensor(3.0)
+            grad = g.clone()
+            out = grad if aliased else torch.zeros_like(g)
+            torch._fused_adamw_([out], [grad], [m], [v], [], [step], lr=-1.0, beta1=0.9, beta2=0.999,
+                                weight_decay=-1.0 if aliased else 0.0, eps=1e-8, amsgrad=False, maximize=False)
+            runs.append((out, m, v))
+        assert all(torch.equal(a, b) for a, b in zip(*runs)), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vertical_rhs_equals_coords_zeroed_below_the_noise_floor(dtype):
+    """``vertical_rhs`` forms each product ``θu`` once for the coordinate and the floor (scale families); it
+    must equal, bit for bit, the two separate computations it replaces, on every family kind of a model."""
+    torch.manual_seed(3)
+    for variant in ({}, {"mlp": "relu", "norm": "layernorm"}):
+        model = tiny_gpt(**variant).to(dtype)
+        binding = bind(model)
+        theta = [p.detach().clone() for _, p in binding.params]
+        u = [torch.randn_like(t) for t in theta]
+        for k in (0, 3):  # plant exact zeros and round-off-sized coordinates
+            u[k][0] = 0
+        for fam in binding.families:
+            c = fam.coords(theta, u)
+            want = torch.where(c.abs() <= fam.noise_floor(theta, u, 1e-4), 0.0, c)
+            assert torch.equal(fam.vertical_rhs(theta, u, 1e-4), want), fam.name

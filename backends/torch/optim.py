@@ -539,12 +539,12 @@ class DDCAdam(torch.optim.Optimizer):
         work = self._work_dtype(params[0].dtype)
         lay = plan["layout"]
         if layout is None:  # one work copy per tensor (in its work layout), and the row views of the layout
-            theta_flat = None
+            theta_flat = grad_flat = None
             theta = entries(lay, work_copies(lay, [p.detach() for p in params], work))
             grad = entries(lay, work_copies(lay, [g for _, g, _ in slots], work))
         else:  # one work buffer; tensors and layer stacks are views of it
             theta_flat, theta = layout.buffer([p.detach() for p in params], work)
-            grad = layout.buffer([g for _, g, _ in slots], work)[1]
+            grad_flat, grad = layout.buffer([g for _, g, _ in slots], work)
         balance = plan["kernel_balance"] if path == "triton" else plan["balance"]
         # 1. canonical coordinates (θ̃, and g̃ by the covector rule)
         warm = None if _compiling() or balance is None else _warm_start(states[0], batches, balance)
@@ -578,8 +578,8 @@ class DDCAdam(torch.optim.Optimizer):
                 start, scale = decayed[:n], None
             else:
                 start, scale = (theta_flat if layout is not None else theta[:n]), wd
-            delta_flat, delta, bc1, bc2 = self._adam_into(group, states, grad[:n], layout, work, start, scale)
-            delta = delta if layout is not None else entries(lay, delta)
+            bc1, bc2 = self._adam_into(group, states, grad[:n], grad_flat, start, scale)
+            delta_flat, delta = grad_flat, grad  # δ = u + λθ̃ now fills g̃_H's buffer (and its views)
         else:
             u, bc1, bc2 = self._base_directions(group, params, states, grad[:n], theta[:n], sdtype, work,
                                                 fused=path == "triton")
@@ -655,34 +655,34 @@ class DDCAdam(torch.optim.Optimizer):
         return (self.FUSED_ADAM and not _compiling() and params[0].device.type == "cpu"
                 and hasattr(torch, "_fused_adamw_") and all(st["exp_avg"].dtype == work for st in states))
 
-    def _adam_into(self, group: dict, states: list[dict], grad_h: list[Tensor], layout: Layout | None,
-                   work: torch.dtype, start: Tensor | list[Tensor], scale: float | None
-                   ) -> tuple[Tensor | None, list[Tensor], float, float]:
-        """Step 3 in one fused pass, onto the decay term: torch's fused AdamW kernel with ``lr = −1`` and no decay
-        adds ``m̂/(√v̂ + ε) = u`` to the buffer it is given as "parameters" and updates the moments in place. Given
-        ``λθ̃`` there it leaves ``δ = u + λθ̃`` (instead of zero-filling a buffer for ``u``, six foreach passes,
-        and a pass adding ``λθ̃``). ``start``: ``θ̃`` (its flat buffer where ``layout`` is given, else a tensor per
-        parameter), copied times ``scale`` into a new buffer; with ``scale=None``, a list of tensors written in
-        place (per-tensor decays: ``λ ⊙ θ̃``, formed by the caller). Returns ``(flat δ or None, δ per tensor (with
-        ``layout``: views of the flat buffer and its stacks), bc₁, bc₂)``. The kernel's formula is Adam's
-        (``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``u = (m/bc₁)/(√v/√bc₂ + ε)``), its rounding may differ
-        from the foreach form in the last place; both runs of an equivariance test take the same kernel."""
+    def _adam_into(self, group: dict, states: list[dict], grad_h: list[Tensor], grad_flat: Tensor | None,
+                   start: Tensor | list[Tensor], scale: float | None) -> tuple[float, float]:
+        """Step 3 in one fused pass, written over the horizontal gradient's own work buffer: torch's fused AdamW
+        kernel given ``g̃_H`` as both "parameters" and gradients, with ``lr = −1`` and weight decay ``−1``, computes
+        per entry ``g̃_H·(1 − 1) + m̂/(√v̂ + ε) = u`` from the ``g̃_H`` it has just read (it loads every operand of
+        an entry before it stores; bit-equal to writing into a zeroed buffer, tests/test_torch_backend.py) and
+        updates the moments in place. The decay term is then added in the same buffer, ``δ = u + λθ̃``: ``start``
+        is ``θ̃`` (its flat buffer ``grad_flat``'s twin where the step is layer-batched, else a tensor per
+        parameter) times ``scale``; with ``scale=None`` a list already holding ``λ ⊙ θ̃`` (per-tensor decays).
+        No new full-size buffer is allocated (a fresh one page-faulted on every step on CPU). ``g̃_H`` is not
+        needed after this step. Returns ``(bc₁, bc₂)``. The kernel's formula is Adam's (``m ← β₁m + (1−β₁)g``,
+        ``v ← β₂v + (1−β₂)g²``, ``u = (m/bc₁)/(√v/√bc₂ + ε)``); its rounding may differ from the foreach form
+        in the last place; both runs of an equivariance test take the same kernel."""
         (b1, b2), eps = group["betas"], group["eps"]
         for st in states:
             st["step"] += 1
         step = step_count(states[0])
-        flat = None
+        torch._fused_adamw_(grad_h, grad_h, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                            [], [st["step"] for st in states], lr=-1.0, beta1=b1, beta2=b2, weight_decay=-1.0,
+                            eps=eps, amsgrad=False, maximize=False)
         if scale is None:
-            out = start
-        elif layout is not None:
-            flat = torch.mul(start, scale)
-            out = layout.views(flat)
-        else:
-            out = torch._foreach_mul(start, scale)
-        torch._fused_adamw_(out[: len(grad_h)], grad_h, [st["exp_avg"] for st in states],
-                            [st["exp_avg_sq"] for st in states], [], [st["step"] for st in states], lr=-1.0,
-                            beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
-        return flat, out, 1 - b1**step, 1 - b2**step
+            torch._foreach_add_(grad_h, start)
+        elif scale != 0:
+            if grad_flat is not None:
+                grad_flat.add_(start, alpha=scale)
+            else:
+                torch._foreach_add_(grad_h, start, alpha=scale)
+        return 1 - b1**step, 1 - b2**step
 
     def _base_directions(self, group, params, states, grad_h, theta, sdtype, work, fused: bool = False):
         """3. The base optimizer in the canonical frame: Adam moments of ``g̃_H`` (foreach, in the

@@ -377,9 +377,27 @@ class BoundFamily:
         return total
 
     def vertical_rhs(self, theta: list[Tensor], u: list[Tensor], rtol: float) -> Tensor:
-        """:meth:`coords` with every coordinate below :meth:`noise_floor` set to exactly zero."""
-        c = self.coords(theta, u)
-        return torch.where(c.abs() <= self.noise_floor(theta, u, rtol), 0.0, c)
+        """:meth:`coords` with every coordinate below :meth:`noise_floor` set to exactly zero.
+
+        For scale families (coordinates ``Σ_R c_R Σ θu`` over the roles' slices) each product ``θu`` is
+        formed once and serves both the coordinate and, made absolute in place, the floor ``|X|ᵀ|u|``: the
+        same operations in the same order as :meth:`coords` and :meth:`noise_floor` (bit-identical), one
+        full-size product per member tensor fewer."""
+        names = self.family.stats.get("coords", ())
+        if self.kind != "scale" or not all(n.startswith("dot_") for n in names):
+            c = self.coords(theta, u)
+            return torch.where(c.abs() <= self.noise_floor(theta, u, rtol), 0.0, c)
+        dots: dict[str, Tensor] = {}
+        floor = None
+        for s, i in self.members():
+            p = theta[i] * u[i]
+            v = _reduce(p, s.axis)
+            key = "dot_" + s.role
+            dots[key] = v if key not in dots else dots[key] + v
+            w = abs(self._coefficient("dot", s.role)) * _reduce(p.abs_(), s.axis)
+            floor = w if floor is None else floor + w
+        c = self.family.coords(**{n: dots[n] for n in names})
+        return torch.where(c.abs() <= self.floor_scale(theta, rtol) * floor, 0.0, c)
 
     def _head_rows(self, ts: list[Tensor]) -> Tensor:
         return torch.cat([ts[i].reshape(self.units, self.d_head, -1) for _, i in self.members()], dim=2)
@@ -418,7 +436,7 @@ class BoundFamily:
             t, o = theta[i], out[i]
             if self.kind == "scale":
                 w = self._coefficient("dot", s.role) * coef
-                o.add_(_bcast(w, t, s.axis) * t, alpha=alpha)
+                o.addcmul_(_bcast(w, t, s.axis), t, value=alpha)  # one pass, no full-size temporary
             elif self.kind == "translate":
                 w = self._coefficient("usum", s.role) * coef
                 o.add_(_bcast(w, t, s.axis), alpha=alpha)
