@@ -552,3 +552,40 @@ def test_vertical_rhs_equals_coords_zeroed_below_the_noise_floor(dtype):
             c = fam.coords(theta, u)
             want = torch.where(c.abs() <= fam.noise_floor(theta, u, 1e-4), 0.0, c)
             assert torch.equal(fam.vertical_rhs(theta, u, 1e-4), want), fam.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_free_parameters_step_as_torch_fused_adamw(dtype):
+    """``fused=True``: the free parameters take torch's fused AdamW kernel, bit-equal to
+    ``torch.optim.AdamW(fused=True)`` over several steps (and the default stays bit-equal to the default
+    AdamW); the bound parameters' step does not depend on ``fused`` (one step from the same gradients: equal)."""
+    torch.manual_seed(0)
+    model = tiny_gpt().to(dtype)
+    idx = torch.randint(0, 11, (4, 9))
+    twins = {k: copy.deepcopy(model) for k in ("ddc_fused", "ddc", "adamw_fused", "adamw")}
+    opts = {
+        "ddc_fused": DDCAdam(twins["ddc_fused"].parameters(), lr=1e-2, weight_decay=0.1, fused=True),
+        "ddc": DDCAdam(twins["ddc"].parameters(), lr=1e-2, weight_decay=0.1),
+        "adamw_fused": torch.optim.AdamW(twins["adamw_fused"].parameters(), lr=1e-2, weight_decay=0.1, fused=True),
+        "adamw": torch.optim.AdamW(twins["adamw"].parameters(), lr=1e-2, weight_decay=0.1),
+    }
+    for _ in range(3):
+        for k, opt in opts.items():
+            opt.zero_grad()
+            twins[k].loss(idx[:, :-1], idx[:, 1:]).backward()
+            opt.step()
+    params = {k: dict(m.named_parameters()) for k, m in twins.items()}
+    for name in params["ddc"]:
+        assert torch.equal(params["ddc_fused"][name], params["adamw_fused"][name]), name
+        assert torch.equal(params["ddc"][name], params["adamw"][name]), name
+    pair = [copy.deepcopy(model) for _ in range(2)]
+    for m, fused in zip(pair, (True, False)):
+        m.loss(idx[:, :-1], idx[:, 1:]).backward()
+        DDCAdam(m.parameters(), binding=bind(m), lr=1e-2, weight_decay=0.1, fused=fused).step()
+    bound = {n for n, _ in bind(pair[0]).params}
+    assert bound and set(dict(model.named_parameters())) - bound  # both kinds present
+    for (name, p), (_, q) in zip(*(m.named_parameters() for m in pair)):
+        if name in bound:
+            assert torch.equal(p, q), name
+    with pytest.raises(TypeError, match="fused="):
+        DDCAdam(model.parameters(), fused="yes")

@@ -102,6 +102,11 @@ class DDCAdam(torch.optim.Optimizer):
             ``"triton"`` (forced; ``RuntimeError`` where it cannot run) or ``"reference"``. Both paths
             compute the same step (agreement to 1e-6 in fp32 is tested); see
             :mod:`gaugemath.backends.torch.kernels`.
+        fused: the free (unbound) parameters' AdamW update, as ``torch.optim.AdamW(fused=...)``: ``None``
+            or ``False`` (default) the foreach form, bit-equal to ``torch.optim.AdamW``'s default;
+            ``True`` torch's fused kernel, one pass per tensor, bit-equal to ``torch.optim.AdamW(fused=True)``
+            (bf16 parameters: on fp32 copies with fp32 state, as the foreach form). Bound parameters take
+            the fused Adam kernel on CPU either way (step 3).
     """
 
     def __new__(cls, *args, frame: str = "canonical", **kwargs):
@@ -117,7 +122,7 @@ class DDCAdam(torch.optim.Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  vertical: str = "freeze", vertical_eps: float | None = None, vertical_rtol: float | None = None,
                  nonfinite: str = "raise", canonical_dtype: torch.dtype | None = None,
-                 kernels: str | None = None, frame: str = "canonical"):
+                 kernels: str | None = None, frame: str = "canonical", fused: bool | None = None):
         if frame == "lognorm" and not getattr(self, "LOGNORM", False):
             raise ValueError(f"frame='lognorm' is a construction of DDCAdam's; {type(self).__name__} takes "
                              "frame='canonical'")
@@ -143,6 +148,9 @@ class DDCAdam(torch.optim.Optimizer):
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose from {KERNELS}")
         self.kernels = kernels
+        if fused not in (None, False, True):
+            raise TypeError(f"fused={fused!r}: choose None, False or True")
+        self.fused = bool(fused)
         self._batch_layers = True  # merge isomorphic families across layers (reference path; tests turn it off)
         self._plans = self._plan()
         self._claim_parameters()
@@ -472,6 +480,15 @@ class DDCAdam(torch.optim.Optimizer):
             grads = [g if work == dtype else g.to(work) for _, g, _ in items]
             m = [st["exp_avg"] for _, _, st in items]
             v = [st["exp_avg_sq"] for _, _, st in items]
+            if self.fused:  # torch.optim.AdamW(fused=True)'s kernel (step tensors where the parameters are)
+                steps = [st["step"] if st["step"].device == p.device else st["step"].to(p.device)
+                         for p, _, st in items]
+                torch._fused_adamw_(theta, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
+                                    eps=eps, amsgrad=False, maximize=False)
+                if work != dtype:
+                    for p, t in zip(ps, theta):
+                        p.copy_(t)
+                continue
             torch._foreach_mul_(theta, 1 - lr * wd)
             torch._foreach_lerp_(m, grads, 1 - b1)
             torch._foreach_mul_(v, b2)
