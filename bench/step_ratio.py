@@ -1,6 +1,7 @@
 """Per-tensor step size of DDCAdam relative to AdamW, for each frame choice (issue 19's measurement).
 
     python bench/step_ratio.py [--model demo|cpu|tiny] [--steps 3] [--lr 1e-3] [--after N] [--threads 1]
+                               [--identity]
 
 From one initialisation (``torch.manual_seed(0)``) and the same ``--steps`` gradients (one random
 batch each, computed once at the initial parameters and fed to every optimizer alike, so only the
@@ -10,6 +11,12 @@ the worst ratio (max of r and 1/r) over the tensors outside the CE head (the hea
 head step is mostly the uniform logit shift that DDCAdam removes). ``--after N`` first trains the model
 ``N`` steps with AdamW (lr 3e-3, as the demo) and measures from there, with fresh optimizer states.
 
+``--identity`` adds a counterfactual column, ``identity``: the balanced binding's step with the joint
+balance replaced by the identity frame (the scale families' canonical point is the current point, so Adam
+runs in AdamW's own coordinates and only the horizontal projection differs from AdamW). It is *not*
+equivariant (no frame is a function of the orbit) and exists only to measure how much of a tensor's step
+ratio the projection alone causes.
+
 Models: ``demo`` is the grokking demo's GPT (LayerNorm, ReLU, RoPE; ``gaugemath demo``),
 ``cpu`` is ``gpt_small_cpu()`` with ``mlp="relu", norm="layernorm"`` (the widths of issue 19), ``tiny``
 is ``tiny_gpt()`` (RMSNorm, SwiGLU).
@@ -18,6 +25,7 @@ is ``tiny_gpt()`` (RMSNorm, SwiGLU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -51,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--after", type=int, default=0, help="AdamW steps before measuring")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--identity", action="store_true",
+                    help="add the (non-equivariant) identity-frame counterfactual column")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, vocab = _model(args.model)
@@ -82,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     frames = ("balanced", "per_family")
     ddc = {f: run(lambda m, f=f: DDCAdam(m.parameters(), binding=bind(m, frames=f), lr=args.lr, weight_decay=0.0))
            for f in frames}
+    if args.identity:
+        with _identity_frames():
+            ddc["identity"] = run(lambda m: DDCAdam(m.parameters(), binding=bind(m), lr=args.lr, weight_decay=0.0))
+        frames = (*frames, "identity")
     binding = bind(copy.deepcopy(model))
     bound = [n for n, _ in binding.params]
     shifts = [f for f in binding.families if f.family.gauge == "ce_shift"]
@@ -99,6 +113,40 @@ def main(argv: list[str] | None = None) -> None:
                 worst[f] = max(worst[f], r, 1 / r)
     for f in frames:
         print(f"worst per-tensor step ratio outside the CE head, frames={f}: {worst[f]:.2f}x")
+
+
+@contextlib.contextmanager
+def _identity_frames():
+    """Within the block, DDCAdam's step uses the identity as the joint balance's frame (the counterfactual of
+    ``--identity``): every two-sided scale family keeps ``h = 1`` (degenerate units masked as usual)."""
+    from gaugemath.backends.torch import optim
+
+    real = optim.canonicalise
+
+    class Identity:
+        def __init__(self, balance):
+            self.members, self.coupled = balance.members, balance.coupled
+
+        def __bool__(self):
+            return bool(self.members)
+
+        def solve(self, batches, theta, sync=True, warm=None):
+            out = {}
+            for i, b in enumerate(batches):
+                if b.members[0] in set(self.members):
+                    side = b.family.side_sums(theta)
+                    out[i] = (torch.ones_like(side[1]), (side[1] == 0) | (side[-1] == 0))
+            out["info"] = theta[0].new_zeros((), dtype=torch.int32)
+            return out
+
+    def canonicalise(batches, theta, grad=None, balance=None, sync=True, warm=None, pivots=None):
+        return real(batches, theta, grad, Identity(balance) if balance else None, sync=sync, pivots=pivots)
+
+    optim.canonicalise = canonicalise
+    try:
+        yield
+    finally:
+        optim.canonicalise = real
 
 
 def _names(binding, fam) -> set[str]:
