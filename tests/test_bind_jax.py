@@ -97,11 +97,12 @@ def protocol(tx, params, g, loss, batch, steps=6):
     own gradients of ``loss(p, *batch(t))``; the max over steps of ``‖θ_B − g(θ_A)‖ / ‖g(θ_A)‖``."""
     pa, pb = params, g(params)
     sa, sb = tx.init(pa), tx.init(pb)
+    update, grad = jax.jit(tx.update), jax.jit(jax.grad(loss))  # (traced once: the runs' shapes are equal)
     worst = 0.0
     for t in range(steps):
         xs = batch(t)
-        ua, sa = tx.update(jax.grad(loss)(pa, *xs), sa, pa)
-        ub, sb = tx.update(jax.grad(loss)(pb, *xs), sb, pb)
+        ua, sa = update(grad(pa, *xs), sa, pa)
+        ub, sb = update(grad(pb, *xs), sb, pb)
         pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
         image = jax.tree_util.tree_leaves(g(pa))
         num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree_util.tree_leaves(pb), image))

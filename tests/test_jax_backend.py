@@ -147,7 +147,10 @@ def test_cross_backend_agreement_property(name, dtype, seed):
     assert _cross_backend(name, dtype, 8, seed) < {"float32": 1e-6, "float64": 1e-12}[dtype]
 
 
-@pytest.mark.parametrize("name", ["ce_shift", "head_rotation.rope", "transformer.layernorm_relu"])
+# The composite LayerNorm/ReLU/RoPE transformer (19 s) runs with -m slow; by default its JAX trajectory is
+# held to torch's to 1e-12 over 50 fp64 steps (tests/test_pivot_hysteresis.py), whose protocol passes here.
+@pytest.mark.parametrize("name", ["ce_shift", "head_rotation.rope",
+                                  pytest.param("transformer.layernorm_relu", marks=pytest.mark.slow)])
 def test_jax_protocol_passes_and_optax_adamw_control_fails(name):
     assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_adam", "float32", steps=10) < 1e-6
     assert V.run_protocol_jax(CONSTRUCTIONS[name], "ddc_adam", "float64", steps=10) < 1e-12
