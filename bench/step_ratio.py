@@ -12,10 +12,11 @@ head step is mostly the uniform logit shift that DDCAdam removes). ``--after N``
 ``N`` steps with AdamW (lr 3e-3, as the demo) and measures from there, with fresh optimizer states.
 
 ``--identity`` adds a counterfactual column, ``identity``: the balanced binding's step with the joint
-balance replaced by the identity frame (the scale families' canonical point is the current point, so Adam
-runs in AdamW's own coordinates and only the horizontal projection differs from AdamW). It is *not*
-equivariant (no frame is a function of the orbit) and exists only to measure how much of a tensor's step
-ratio the projection alone causes.
+balance replaced by the identity frame. The two-sided scale families' canonical point is then the current
+point, so on the tensors only they act on, Adam runs in AdamW's own coordinates and only the horizontal
+projection differs from AdamW; the other families (RoPE planes, heads, the CE shift) keep their own frames.
+It is *not* equivariant and exists only to measure how much of a scaled tensor's step ratio the projection
+alone causes.
 
 Models: ``demo`` is the grokking demo's GPT (LayerNorm, ReLU, RoPE; ``gaugemath demo``),
 ``cpu`` is ``gpt_small_cpu()`` with ``mlp="relu", norm="layernorm"`` (the widths of issue 19), ``tiny``
@@ -135,7 +136,8 @@ def _identity_frames():
             for i, b in enumerate(batches):
                 if b.members[0] in set(self.members):
                     side = b.family.side_sums(theta)
-                    out[i] = (torch.ones_like(side[1]), (side[1] == 0) | (side[-1] == 0))
+                    plus, minus = side[1], side[-1]
+                    out[i] = (torch.ones_like(plus), (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus))
             out["info"] = theta[0].new_zeros((), dtype=torch.int32)
             return out
 

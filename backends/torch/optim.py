@@ -105,8 +105,9 @@ class DDCAdam(torch.optim.Optimizer):
         fused: the free (unbound) parameters' AdamW update, as ``torch.optim.AdamW(fused=...)``: ``None``
             or ``False`` (default) the foreach form, bit-equal to ``torch.optim.AdamW``'s default;
             ``True`` torch's fused kernel, one pass per tensor, bit-equal to ``torch.optim.AdamW(fused=True)``
-            (bf16 parameters: on fp32 copies with fp32 state, as the foreach form). Bound parameters take
-            the fused Adam kernel on CPU either way (step 3).
+            (bf16 parameters: on fp32 copies with fp32 state, as the foreach form). In eager mode: under
+            ``torch.compile`` the foreach form runs (Dynamo does not trace the in-place fused kernel on these
+            tensors), as for the bound tensors' step 3, which takes the fused Adam kernel in eager mode on CPU.
     """
 
     def __new__(cls, *args, frame: str = "canonical", **kwargs):
@@ -473,14 +474,15 @@ class DDCAdam(torch.optim.Optimizer):
         for p, g, st in slots:
             work = torch.float32 if p.dtype == torch.bfloat16 else p.dtype
             st["step"] += 1
-            by_dtype.setdefault((work, p.dtype), []).append((p, g, st))
-        for (work, dtype), items in by_dtype.items():
+            by_dtype.setdefault((work, p.dtype, p.device), []).append((p, g, st))
+        for (work, dtype, _), items in by_dtype.items():
             ps = [p for p, _, _ in items]
             theta = [p.detach() for p in ps] if work == dtype else [p.detach().to(work) for p in ps]
             grads = [g if work == dtype else g.to(work) for _, g, _ in items]
             m = [st["exp_avg"] for _, _, st in items]
             v = [st["exp_avg_sq"] for _, _, st in items]
-            if self.fused:  # torch.optim.AdamW(fused=True)'s kernel (step tensors where the parameters are)
+            if self.fused and not _compiling():  # AdamW(fused=True)'s kernel (step tensors where the parameters are;
+                # under torch.compile the foreach form below, which Dynamo traces: the in-place fused op is refused)
                 steps = [st["step"] if st["step"].device == p.device else st["step"].to(p.device)
                          for p, _, st in items]
                 torch._fused_adamw_(theta, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
