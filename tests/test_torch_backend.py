@@ -606,3 +606,19 @@ def test_fused_free_parameters_compile_as_the_foreach_form():
             m(x).square().sum().backward()
             step()
     assert all(torch.equal(p, q) for p, q in zip(pair[0].parameters(), pair[1].parameters()))
+
+
+def test_fused_free_bf16_parameters_step_on_fp32_copies():
+    """``fused=True`` with bf16 free parameters: the fused kernel runs on fp32 copies with fp32 state (the
+    foreach form's convention for bf16), so one step equals ``AdamW(fused=True)`` on an fp32 copy of the
+    parameters, rounded to bf16; the state is fp32."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 7).to(torch.bfloat16))
+    ref = nn.Parameter(w.detach().float().clone())
+    g = torch.randn(5, 7).to(torch.bfloat16)
+    w.grad, ref.grad = g.clone(), g.float()
+    ours = DDCAdam([w], lr=1e-2, weight_decay=0.1, fused=True)
+    ours.step()
+    torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1, fused=True).step()
+    assert torch.equal(w.detach(), ref.detach().to(torch.bfloat16))
+    assert ours.state[w]["exp_avg"].dtype == torch.float32
