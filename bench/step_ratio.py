@@ -121,6 +121,7 @@ def _identity_frames():
     """Within the block, DDCAdam's step uses the identity as the joint balance's frame (the counterfactual of
     ``--identity``): every two-sided scale family keeps ``h = 1`` (degenerate units masked as usual)."""
     from gaugemath.backends.torch import optim
+    from gaugemath.backends.torch.balance import degenerate_sides
 
     real = optim.canonicalise
 
@@ -136,8 +137,7 @@ def _identity_frames():
             for i, b in enumerate(batches):
                 if b.members[0] in set(self.members):
                     side = b.family.side_sums(theta)
-                    plus, minus = side[1], side[-1]
-                    out[i] = (torch.ones_like(plus), (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus))
+                    out[i] = (torch.ones_like(side[1]), degenerate_sides(side))
             out["info"] = theta[0].new_zeros((), dtype=torch.int32)
             return out
 

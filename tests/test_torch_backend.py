@@ -539,13 +539,19 @@ def test_fused_adam_written_over_its_own_gradient_equals_a_zeroed_buffer(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_vertical_rhs_equals_coords_zeroed_below_the_noise_floor(dtype):
     """``vertical_rhs`` forms each product ``θu`` once for the coordinate and the floor (scale families); it
-    must equal, bit for bit, the two separate computations it replaces, on every family kind of a model."""
+    must equal, bit for bit, the two separate computations it replaces, on every family kind of a model: ours
+    (SwiGLU/RMSNorm, ReLU/LayerNorm) and the re-typed nanoGPT and Hugging Face Llama (fused, transposed and
+    permuted layouts; the families see the binding's work-layout entries)."""
+    from third_party import CASES, bind_case
+
     torch.manual_seed(3)
-    for variant in ({}, {"mlp": "relu", "norm": "layernorm"}):
-        model = tiny_gpt(**variant).to(dtype)
-        binding = bind(model)
-        theta = [p.detach().clone() for _, p in binding.params]
-        u = [torch.randn_like(t) for t in theta]
+    third = [c for c in CASES if c.name in ("nanoGPT (flash)", "llama")]
+    assert len(third) == 2
+    bindings = [bind(m) for m in (tiny_gpt().to(dtype), tiny_gpt(mlp="relu", norm="layernorm").to(dtype))]
+    bindings += [bind_case(c, c.make().to(dtype)) for c in third]
+    for binding in bindings:
+        work = binding.to_work([p.detach() for _, p in binding.params], dtype)
+        theta, u = binding.entries(work), binding.entries([torch.randn_like(t) for t in work])
         zeroed = kept = 0
         for fam in binding.families:  # rtol 0.5: a good share of the coordinates fall below the floor
             c = fam.coords(theta, u)

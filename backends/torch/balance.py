@@ -61,6 +61,13 @@ FLOOR = 64
 #: A Newton step is clamped to |Δa| ≤ this (a trust region in log-scale; inactive near the optimum)
 MAX_STEP = 2.0
 
+def degenerate_sides(side: dict[int, Tensor]) -> Tensor:
+    """Units with no balanced point (:meth:`~.orbits.BoundFamily.side_sums` ``{±1: Σθ²}``): a zero side (the orbit
+    is degenerate, ``F`` has no minimum) or a non-finite sum."""
+    plus, minus = side[1], side[-1]
+    return (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus)
+
+
 class JointBalance:
     """``h(θ) = e^{a*(θ)}`` for the two-sided scale families among ``families`` (per-family list;
     ``names``/``bases`` as for :class:`~.projection.Projector`)."""
@@ -96,7 +103,7 @@ class JointBalance:
         for i, b in mine.items():  # closed form per unit: exact for uncoupled families
             side = b.family.side_sums(theta)
             plus, minus = side[1], side[-1]
-            masks[i] = (plus == 0) | (minus == 0) | ~torch.isfinite(plus + minus)
+            masks[i] = degenerate_sides(side)
             a = torch.where(masks[i], torch.zeros_like(plus), 0.25 * torch.log(minus / plus))
             if sync and warm is not None and i in newton and i in warm:  # the coupled units start from warm
                 start = warm[i]

@@ -482,32 +482,13 @@ class DDCAdam(torch.optim.Optimizer):
             m = [st["exp_avg"] for _, _, st in items]
             v = [st["exp_avg_sq"] for _, _, st in items]
             if self.fused and not _compiling():  # AdamW(fused=True)'s kernel (step tensors where the parameters are;
-                # under torch.compile the foreach form below, which Dynamo traces: the in-place fused op is refused)
+                # under torch.compile the foreach form, which Dynamo traces: the in-place fused op is refused)
                 steps = [st["step"] if st["step"].device == p.device else st["step"].to(p.device)
                          for p, _, st in items]
                 torch._fused_adamw_(theta, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
                                     eps=eps, amsgrad=False, maximize=False)
-                if work != dtype:
-                    for p, t in zip(ps, theta):
-                        p.copy_(t)
-                continue
-            torch._foreach_mul_(theta, 1 - lr * wd)
-            torch._foreach_lerp_(m, grads, 1 - b1)
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, grads, grads, 1 - b2)
-            steps = [step_count(st) for _, _, st in items]
-            bc1 = [1 - b1**step for step in steps]
-            bc2_sqrt = [(1 - b2**step) ** 0.5 for step in steps]
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, bc2_sqrt)
-            torch._foreach_add_(denom, eps)
-            step_size = [(lr / bc) * -1 for bc in bc1]
-            if _compiling():  # 0-dim tensor step sizes: no scalar-list overload takes them on every device
-                update = torch._foreach_div(m, denom)
-                torch._foreach_mul_(update, step_size)
-                torch._foreach_add_(theta, update)
             else:
-                torch._foreach_addcdiv_(theta, m, denom, step_size)
+                _foreach_adamw(theta, grads, m, v, [step_count(st) for _, _, st in items], lr, b1, b2, eps, wd)
             if work != dtype:
                 for p, t in zip(ps, theta):
                     p.copy_(t)
@@ -791,6 +772,28 @@ class DDCAdam(torch.optim.Optimizer):
         bad = next(i for i, t in enumerate(theta) if not (torch.isfinite(t).all() and t.abs().max() <= fmax))
         raise GaugeError(self.binding.gauge_of(plan["bound"][bad]), plan["names"][bad],
                          f"the DDC update overflows {plan['bound'][bad].dtype} (nothing was changed)")
+
+
+def _foreach_adamw(theta: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], steps: list,
+                   lr, b1: float, b2: float, eps: float, wd: float) -> None:
+    """``torch.optim.AdamW``'s foreach update in place, operation for operation (``steps``: the counts after
+    this step's increment; Python floats in eager mode, tensors under ``torch.compile``)."""
+    torch._foreach_mul_(theta, 1 - lr * wd)
+    torch._foreach_lerp_(m, grads, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, grads, grads, 1 - b2)
+    bc1 = [1 - b1**step for step in steps]
+    bc2_sqrt = [(1 - b2**step) ** 0.5 for step in steps]
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    step_size = [(lr / bc) * -1 for bc in bc1]
+    if _compiling():  # 0-dim tensor step sizes: no scalar-list overload takes them on every device
+        update = torch._foreach_div(m, denom)
+        torch._foreach_mul_(update, step_size)
+        torch._foreach_add_(theta, update)
+    else:
+        torch._foreach_addcdiv_(theta, m, denom, step_size)
 
 
 class _SkipStep(Exception):
