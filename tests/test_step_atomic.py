@@ -121,3 +121,30 @@ def test_skip_mode_skips_a_step_whose_update_is_not_finite():
     opt.step()
     assert _same(model, opt, snap)
     copy.deepcopy(opt.state_dict())
+
+
+def test_a_failure_in_the_free_parameters_step_leaves_the_bound_ones_unwritten(monkeypatch):
+    """The free parameters' AdamW runs after the bound part's checks; should it raise (e.g. torch's fused kernel
+    refusing its inputs, ``fused=True``), the bound parameters must not have been written yet: they are written
+    last (:meth:`DDCAdam.step`), and the state the bound part wrote is restored from the step's journal."""
+    for cls in (DDCAdam, DDCMuon):
+        torch.manual_seed(0)
+        model = tiny_gpt(n_layers=1)
+        opt = cls(model.parameters(), binding=bind(model), lr=1e-2)
+        idx = torch.randint(0, 11, (2, 6))
+        model.loss(idx[:, :-1], idx[:, 1:]).backward()
+        opt.step()
+        snap = _snapshot(model, opt)
+
+        def refuse(self, group, slots):
+            raise RuntimeError("the free parameters' kernel refused its inputs")
+
+        with monkeypatch.context() as m:
+            m.setattr(cls, "_adamw", refuse)
+            try:
+                opt.step()
+            except RuntimeError as error:
+                assert "refused" in str(error)
+            else:
+                raise AssertionError("the step did not raise")
+        assert _same(model, opt, snap), cls.__name__

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -269,7 +270,7 @@ class DDCAdamLogNorm(DDCAdam):
                                           torch.zeros(sc.fam.units, dtype=work, device=p.device))
 
     # ------------------------------------------------------------------ step
-    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> Callable[[], None]:
         """One lognorm step on the ``(param, grad, state)`` slots of the bound parameters; writes
         parameters and state only at the end, after the update is checked."""
         lr = float(scalar(group["lr"]))
@@ -410,15 +411,17 @@ class DDCAdamLogNorm(DDCAdam):
 
         if self.nonfinite != "unchecked":
             self._check(final, plan)
-        # all checks passed: write parameters and state
-        for k, (p, x) in enumerate(zip(params, final)):
-            p.copy_(stored(lay, k, x))
-        for st, m, v in zip(states, m_new, v_new):
-            st["exp_avg"].copy_(m)
-            st["exp_avg_sq"].copy_(v)
-            st["step"] += 1
-        for old, value in scalar_state:
-            old.copy_(value)
+
+        def commit() -> None:  # all checks passed: parameters and state, written by DDCAdam.step last
+            for k, (p, x) in enumerate(zip(params, final)):
+                p.copy_(stored(lay, k, x))
+            for st, m, v in zip(states, m_new, v_new):
+                st["exp_avg"].copy_(m)
+                st["exp_avg_sq"].copy_(v)
+                st["step"] += 1
+            for old, value in scalar_state:
+                old.copy_(value)
+        return commit
 
     def _vertical(self, vertical: str, lead: dict, f: int, c: Tensor, b1, b2, bc1, bc2, veps, sdtype,
                   pending: list) -> Tensor:

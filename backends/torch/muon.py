@@ -26,7 +26,7 @@ the fp32 rounding of its inputs where a LayerNorm-fed gradient is nearly singula
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -176,7 +176,7 @@ class DDCMuon(DDCAdam):
                 u[k] = (lr / ref) * u[k] + (lr / ref - 1) * wd * theta[k]
         return u, bc1, bc2
 
-    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> Callable[[], None]:
         """:meth:`DDCAdam._ddc` with the step written as ``−ref (u + λθ̃)``: ``ref`` is the Muon ``lr``,
         or, while it is 0 (a warmup from zero), the Adam lr (or 1 if that is 0 too), so that the Adam
         tensors of a gauge still take their step and nothing divides by zero."""
@@ -185,4 +185,4 @@ class DDCMuon(DDCAdam):
             adam_lr = scalar(group["adam_lr"])
             ref = adam_lr if not isinstance(adam_lr, Tensor) and adam_lr != 0 else 1.0
             group = dict(group, lr=ref, _muon_lr=0.0)
-        super()._ddc(group, plan, slots)
+        return super()._ddc(group, plan, slots)

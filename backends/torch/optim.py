@@ -330,19 +330,17 @@ class DDCAdam(torch.optim.Optimizer):
                 if self.nonfinite != "unchecked" and not self._all_finite(group, free + bound):
                     continue  # nonfinite="skip": this group's parameters and state untouched
                 ready.append((index, group, free, bound))
-            several = sum(1 for *_, bound in ready if bound) > 1
+            commits = []
             for index, group, _, bound in ready:  # the steps that can still fail, first
                 if bound:
                     if journal is not None:  # what _ddc writes before its update check
                         journal.save([t for _, _, st in bound for t in st.values()])
-                        if several:  # an earlier group's committed parameters, if a later group fails
-                            journal.save([p for p, _, _ in bound])
-                    if any(_is_dtensor(p) for p, _, _ in bound):
-                        self._ddc_sharded(group, self._plans[index], bound)
-                    else:
-                        self._ddc(group, self._plans[index], bound)
+                    run = self._ddc_sharded if any(_is_dtensor(p) for p, _, _ in bound) else self._ddc
+                    commits.append(run(group, self._plans[index], bound))
             for _, group, free, _ in ready:
                 self._adamw(group, free)
+            for commit in commits:  # the bound parameters are written last, when nothing is left to fail
+                commit()
         except BaseException as error:  # all or nothing: parameters and state as before the step
             if journal is not None:
                 journal.restore()
@@ -527,8 +525,10 @@ class DDCAdam(torch.optim.Optimizer):
         # step on gpt_small_cpu against 0.21 s), and it fuses the per-family operations anyway.
         return "reference", plan["families"], plan["projector"], *plan["single" if _compiling() else "batches"]
 
-    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> None:
-        """Steps 1–5 on the ``(param, grad, state)`` slots of the bound parameters (binding order)."""
+    def _ddc(self, group: dict, plan: dict, slots: list[tuple]) -> Callable[[], None]:
+        """Steps 1–5 on the ``(param, grad, state)`` slots of the bound parameters (binding order), checked; returns
+        the write of the new parameters, which :meth:`step` calls once every group and the free parameters have
+        stepped (so a later failure leaves them as they were; the state it wrote is in the step's journal)."""
         lr, (b1, b2), wd = scalar(group["lr"]), group["betas"], group["weight_decay"]
         vertical, veps = group["vertical"], group["vertical_eps"]
         params = [p for p, _, _ in slots]
@@ -619,10 +619,13 @@ class DDCAdam(torch.optim.Optimizer):
         torch._foreach_add_(new, [work_view(lay, k, p.detach()) for k, p in enumerate(params)])
         if self.nonfinite != "unchecked":
             self._check_update(new, plan, batches, frames, fact["info"], balance_infos, fact["info_of"])
-        for k, (p, t) in enumerate(zip(params, new)):
-            p.copy_(stored(lay, k, t))
 
-    def _ddc_sharded(self, group: dict, plan: dict, slots: list[tuple]) -> None:
+        def commit() -> None:
+            for k, (p, t) in enumerate(zip(params, new)):
+                p.copy_(stored(lay, k, t))
+        return commit
+
+    def _ddc_sharded(self, group: dict, plan: dict, slots: list[tuple]) -> Callable[[], None]:
         """:meth:`_ddc` for bound DTensor parameters (FSDP2's ``fully_shard``): the step on their full tensors,
         the same on every rank, each rank keeping its shard of the result.
 
@@ -640,11 +643,16 @@ class DDCAdam(torch.optim.Optimizer):
             return t.full_tensor() if _is_dtensor(t) else t
 
         proxies = [(full(p.detach()), full(g), {k: full(v) for k, v in st.items()}) for p, g, st in slots]
-        self._ddc(group, plan, proxies)
-        for (p, _, st), (fp, _, fst) in zip(slots, proxies):
-            for t, f in [(p.detach(), fp), *((st[k], fst[k]) for k in st)]:
-                if _is_dtensor(t):
-                    t.to_local().copy_(distribute_tensor(f, t.device_mesh, t.placements, src_data_rank=None).to_local())
+        commit_full = self._ddc(group, plan, proxies)
+
+        def commit() -> None:  # the full tensors' step, then each rank's shard of it
+            commit_full()
+            for (p, _, st), (fp, _, fst) in zip(slots, proxies):
+                for t, f in [(p.detach(), fp), *((st[k], fst[k]) for k in st)]:
+                    if _is_dtensor(t):
+                        t.to_local().copy_(distribute_tensor(f, t.device_mesh, t.placements,
+                                                             src_data_rank=None).to_local())
+        return commit
 
     #: step 3 may run as torch's fused AdamW kernel (DDCMuon's base directions are not Adam's)
     FUSED_ADAM = True
